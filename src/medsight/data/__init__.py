@@ -1,0 +1,102 @@
+"""Readers: one module per on-disk layout, all returning a :class:`Dataset` of :class:`Sample`.
+
+``open_dataset(path, format=None)`` detects the layout (or takes its name) and reads it;
+``validate(dataset)`` loads every image and mask and returns every problem found.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from medsight.data.base import UNLABELLED, Dataset, Sample, Task
+from medsight.errors import InputError, MedsightError
+
+# format name -> "module:function"; each function takes (root: Path, **options) -> Dataset,
+# and each module has ``detect(root: Path) -> bool``. Listed by hand, in detection order.
+READERS: dict[str, str] = {
+    "ph2": "medsight.data.ph2:read_ph2",
+    "isic2017": "medsight.data.isic:read_isic2017",
+    "isic2018": "medsight.data.isic:read_isic2018",
+    "medmnist": "medsight.data.medmnist:read_medmnist",
+    "folder": "medsight.data.folder:read_folder",
+    "images": "medsight.data.folder:read_images",
+    "synthetic": "medsight.data.synthetic:read_synthetic",  # generated, never detected from a path
+}
+ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018"}
+
+
+def _resolve(spec: str) -> Callable:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _detector(fmt: str) -> Callable[[Path], bool]:
+    module = READERS[fmt].split(":")[0]
+    return getattr(importlib.import_module(module), "detect_" + fmt)
+
+
+def detect_format(path: str | Path) -> str:
+    """The layout name of ``path``, or an error listing the layouts tried."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    for fmt in READERS:
+        if _detector(fmt)(path):
+            return fmt
+    raise InputError(path, f"not a layout medsight recognises (tried {', '.join(READERS)}); "
+                           "name one with --format")
+
+
+def open_dataset(path: str | Path | list | None, format: str | None = None, **options) -> Dataset:
+    """Read a dataset root (or, for ``images``, one image file or a list of them).
+
+    ``format="synthetic"`` needs no path: it generates the demo data from ``options``."""
+    if format == "synthetic" and path is None:
+        return _resolve(READERS["synthetic"])(None, **options)
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            path = path[0]
+        else:
+            return _resolve(READERS["images"])([Path(p) for p in path], **options)
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    fmt = ALIASES.get(format, format) if format else detect_format(path)
+    if fmt not in READERS:
+        raise MedsightError(f"unknown format {format!r}; known: {', '.join(sorted(READERS) + sorted(ALIASES))}")
+    return _resolve(READERS[fmt])(path, **options)
+
+
+def validate(dataset: Dataset, task: Task | None = None) -> list[InputError]:
+    """Load every image and mask; return one error per problem (unreadable file, size mismatch,
+    a label outside ``task``). An empty list means the dataset is usable."""
+    problems: list[InputError] = []
+    for sample in dataset.samples:
+        problems.extend(check_sample(sample, task))
+    return problems
+
+
+def check_sample(sample: Sample, task: Task | None = None):
+    """The problems of one sample (empty when it is usable), loading its image and mask."""
+    try:
+        image = sample.load_image()
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            return [InputError(sample.source, f"image has shape {image.shape}, expected (C, H, W) with 1 or 3 channels")]
+        mask = sample.load_mask()
+    except InputError as exc:
+        return [exc]
+    problems = []
+    if mask is not None and mask.shape != image.shape[1:]:
+        where = sample.mask if not hasattr(sample.mask, "shape") else sample.source
+        problems.append(InputError(where, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                          f"{sample.id} is {image.shape[2]}x{image.shape[1]}"))
+    if task is not None and sample.diagnosis is not None and sample.diagnosis not in task.mapping:
+        problems.append(InputError(sample.source, f"label {sample.diagnosis!r} is not a class of task "
+                                                  f"{task.name!r} ({', '.join(task.mapping)})"))
+    return problems
+
+
+__all__ = ["Dataset", "Sample", "Task", "UNLABELLED", "READERS", "open_dataset", "detect_format",
+           "validate", "check_sample"]

@@ -1,0 +1,118 @@
+"""The records every reader yields, and the dataset and task types around them.
+
+A reader turns an on-disk layout into a :class:`Dataset`: a list of :class:`Sample` records plus
+the class names and the tasks the layout supports. Images load lazily from their files (or live in
+memory for array formats), so opening a dataset is cheap and validating it is a separate, explicit
+step (:func:`medsight.data.validate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsight.data import imageio
+
+UNLABELLED = -1  # scikit-learn's convention for a sample without a label
+
+
+@dataclass(frozen=True)
+class Task:
+    """A labelling of a dataset: which dataset classes map to which task class.
+
+    ``classes`` are the task's class names in index order; ``mapping`` sends a dataset class
+    (``Sample.diagnosis``) to a task class index. A binary task has two classes, the positive last.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    mapping: dict[str, int]
+
+    @property
+    def is_binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def positive(self) -> str:
+        return self.classes[-1]
+
+    def label_of(self, diagnosis: str | None) -> int:
+        if diagnosis is None:
+            return UNLABELLED
+        return self.mapping[diagnosis]
+
+    @classmethod
+    def multiclass(cls, name: str, classes: tuple[str, ...]) -> "Task":
+        return cls(name, tuple(classes), {c: i for i, c in enumerate(classes)})
+
+    @classmethod
+    def one_vs_rest(cls, positive: str, all_classes: tuple[str, ...], negative: str = "other") -> "Task":
+        return cls(positive, (negative, positive), {c: int(c == positive) for c in all_classes})
+
+
+@dataclass
+class Sample:
+    """One case: an image (channel-first uint8 ``(C, H, W)``), an optional mask ``(H, W)`` of 0/1.
+
+    ``image`` and ``mask`` are either in-memory arrays or paths read on demand. ``diagnosis`` is the
+    dataset's own class name (``None`` when unlabelled); tasks map it to a label index.
+    """
+
+    id: str
+    image: np.ndarray | Path
+    mask: np.ndarray | Path | None = None
+    diagnosis: str | None = None
+    patient_id: str | None = None
+    split: str | None = None  # "train" / "val" / "test" where the layout has an official split
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def load_image(self) -> np.ndarray:
+        if isinstance(self.image, np.ndarray):
+            return self.image
+        return imageio.read_image(self.image)
+
+    def load_mask(self) -> np.ndarray | None:
+        if self.mask is None or isinstance(self.mask, np.ndarray):
+            return self.mask
+        return imageio.read_mask(self.mask)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None
+
+    @property
+    def source(self) -> str:
+        """Where the case comes from, for error messages."""
+        return str(self.image) if isinstance(self.image, Path) else f"{self.meta.get('source', '<memory>')}[{self.id}]"
+
+
+@dataclass
+class Dataset:
+    """What a reader returns: samples, the dataset's classes and the tasks defined on them."""
+
+    name: str  # the format name, e.g. "ph2"
+    root: Path
+    samples: list[Sample]
+    classes: tuple[str, ...]  # dataset classes (values of Sample.diagnosis)
+    tasks: dict[str, Task]
+    default_task: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def task(self, name: str | None = None) -> Task:
+        from medsight.errors import MedsightError
+
+        name = name or self.default_task
+        if name not in self.tasks:
+            raise MedsightError(
+                f"{self.root}: the {self.name} layout has no task {name!r}; it has {sorted(self.tasks)}"
+            )
+        return self.tasks[name]
+
+    def subset(self, split: str) -> "Dataset":
+        return Dataset(self.name, self.root, [s for s in self.samples if s.split == split],
+                       self.classes, self.tasks, self.default_task)

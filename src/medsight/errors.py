@@ -1,0 +1,22 @@
+"""Errors that the command line turns into exit code 2 (bad input or usage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedsightError(Exception):
+    """Bad input or usage: the CLI prints the message and exits with code 2."""
+
+
+class InputError(MedsightError):
+    """A problem with one input file: the message names the file and the problem."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ConfigError(MedsightError):
+    """A problem with a config file or an override: the message names the key."""
