@@ -1,0 +1,232 @@
+"""The ``medsight`` command line (the contract in docs/design.md).
+
+Exit codes: 0 success, 2 bad input or usage (one message naming the file and the problem),
+1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from medsight.errors import MedsightError
+
+console = Console(stderr=True, highlight=False)
+
+
+def _default_run_dir(config: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.stem}-{stamp}"
+
+
+def _open_input(inputs: tuple[str, ...], fmt: str | None):
+    from medsight.data import open_dataset
+
+    if not inputs:
+        raise click.UsageError("give an INPUT: a dataset root, a folder of images or image files")
+    return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt)
+
+
+def _report_rejected(rejected) -> None:
+    if rejected:
+        console.print(f"[yellow]{len(rejected)} case(s) rejected:[/yellow]")
+        for problem in rejected:
+            console.print(f"  - {problem}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medsight")
+def cli():
+    """medsight: medical image classification and segmentation when labels are scarce."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--data", "data", type=click.Path(path_type=Path), help="Dataset root (overrides data.root).")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/<config>-<time>).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--seed", type=int, help="Seed (overrides seed).")
+@click.option("--epochs", type=int, help="Training length (overrides train.epochs).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
+def train(config, data, out, device, seed, epochs, overrides):
+    """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
+    from medsight.config import load_config
+    from medsight.recipes import RECIPES
+
+    cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
+    run_dir = out or _default_run_dir(config)
+    recipe = RECIPES[cfg.recipe](cfg, console)
+    recipe.train(run_dir, device=device)
+    console.print(f"run directory: {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder (must be new or empty).")
+@click.option("--format", "fmt", help="Input layout (detected when omitted).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+def predict(run_dir, inputs, out, fmt, device):
+    """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
+    from medsight.recipes import Recipe
+
+    if out.exists() and any(out.iterdir()):
+        raise MedsightError(f"{out}: output folder exists and is not empty; choose another --out")
+    recipe = Recipe.load(run_dir, device, console)
+    dataset = _open_input(inputs, fmt)
+    preds = recipe.predict(dataset)
+    _report_rejected(preds.rejected)
+    if not preds.loaded.ids:
+        raise MedsightError(f"{dataset.root}: no case could be predicted")
+    recipe.write_predictions(preds, out)
+    console.print(f"predicted {len(preds.loaded.ids)} of {len(dataset)} cases -> {out / 'predictions.csv'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--format", "fmt", help="Input layout (detected when omitted).")
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Metrics JSON (default RUN_DIR/evaluation_<input>.json).")
+@click.option("--split", "split", help="Evaluate only this split: an official one (train, val, test) or "
+                                       "'heldout' (the cross-validation fold the run did not train on).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+def evaluate(run_dir, inputs, fmt, out, split, device):
+    """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
+    from medsight.engine.checkpoint import save_json
+    from medsight.metrics import format_table, jsonable
+    from medsight.recipes import Recipe
+
+    recipe = Recipe.load(run_dir, device, console)
+    dataset = _open_input(inputs, fmt)
+    dataset = _restrict(dataset, split, run_dir)
+    same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.run_info["data"]["root"]).resolve())
+    train_ids = set(json.loads((run_dir / "split.json").read_text()).get("train", [])) if same_data else set()
+    preds = recipe.predict(dataset, need_masks=recipe.need_masks)
+    _report_rejected(preds.rejected)
+    result = recipe.evaluate(dataset, preds)
+    overlap = len(train_ids & set(preds.loaded.ids))
+    if overlap:
+        console.print(f"[yellow]note: {overlap} of the {result['n']} evaluated cases were used to train this run[/yellow]")
+    name = Path(inputs[0]).name + (f"-{split}" if split else "")
+    row = result["metrics"]
+    if "std" in result:  # per-image metrics: mean ± std over images
+        row = {k: {"mean": v, "std": result["std"][k], "n": result["n"]} for k, v in row.items()}
+    click.echo(format_table({f"{run_dir.name} on {name} (n={result['n']})": row}))
+    target = out or _unique(run_dir / f"evaluation_{name}.json")
+    if out is not None and out.exists():
+        raise MedsightError(f"{out}: exists; choose another --out")
+    save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
+                        **result}), target)
+    console.print(f"metrics written to {target}")
+
+
+def _restrict(dataset, split: str | None, run_dir: Path):
+    if split is None:
+        return dataset
+    if split == "heldout":
+        path = run_dir / "split.json"
+        ids = set(json.loads(path.read_text()).get("heldout", [])) if path.is_file() else set()
+        if not ids:
+            raise MedsightError(f"{run_dir}: the run held no fold out (train it with data.folds > 1)")
+        dataset.samples = [s for s in dataset.samples if s.id in ids]
+        return dataset
+    subset = dataset.subset(split)
+    if not subset.samples:
+        raise MedsightError(f"{dataset.root}: has no cases in split {split!r}")
+    return subset
+
+
+def _unique(path: Path) -> Path:
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+@cli.group()
+def data():
+    """Inspect and generate datasets."""
+
+
+@data.command("check")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--format", "fmt", help="Input layout (detected when omitted).")
+def data_check(inputs, fmt):
+    """Summarise INPUT (cases, classes, sizes, masks) or list every problem found."""
+    from medsight.data import validate
+    from medsight.data.check import format_summary, summarize
+
+    dataset = _open_input(inputs, fmt)
+    problems = validate(dataset)
+    if problems:
+        for problem in problems:
+            console.print(f"  - {problem}")
+        raise MedsightError(f"{dataset.root}: {len(problems)} problem(s) found")
+    click.echo(format_summary(summarize(dataset)))
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", default=200, show_default=True, help="Number of cases.")
+@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+def data_synth(out, n, size, seed):
+    """Write synthetic dermoscopy-like images with masks and labels in the 'folder' layout."""
+    from medsight.data.synthetic import make_dermoscopy, write_folder
+
+    write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
+    console.print(f"wrote {n} synthetic cases to {out}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="FILE.html or FILE.md")
+def report(run_dirs, out):
+    """Write an HTML or Markdown report of one or more runs (metrics table and figures)."""
+    from medsight.report import write_report
+
+    console.print(f"report written to {write_report(list(run_dirs), out)}")
+
+
+@cli.command("models")
+def models_cmd():
+    """List the registered models."""
+    from medsight.models import list_models
+
+    click.echo("\n".join(list_models()))
+
+
+def main(argv=None) -> int:
+    try:
+        cli.main(args=argv, prog_name="medsight", standalone_mode=False)
+    except MedsightError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except click.Abort:
+        console.print("aborted")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted (an unfinished training run resumes when started again with the same --out)")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        console.print("[red]unexpected error[/red] (a bug in medsight, or a problem it does not know yet)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

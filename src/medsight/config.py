@@ -1,0 +1,153 @@
+"""Recipe configs: YAML validated into typed objects.
+
+An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key
+(``train.epochs: Input should be a valid integer``). Overrides use dotted keys
+(``--set train.lr=0.001``) whose values are parsed as YAML scalars, never evaluated as code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medsight.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    format: str | None = None  # detected from the folder when None
+    root: str | None = None  # overridden by --data
+    task: str | None = None  # the layout's default task when None
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the reader
+    image_size: tuple[int, int] = (128, 128)  # (height, width) the network sees
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # used when the layout has no official val split
+    folds: int = Field(0, ge=0)  # > 1: hold out fold `fold` of a patient-grouped stratified k-fold
+    fold: int = Field(0, ge=0)
+    split_seed: int = 0
+
+
+class ModelConfig(Section):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to create_model
+
+
+class AugmentConfig(Section):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True  # multiples of 90 degrees; square inputs only
+    rotate: float = Field(0.0, ge=0, le=180)  # extra random rotation, degrees
+    scale: tuple[float, float] = (1.0, 1.0)  # random zoom range
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=1)
+
+
+class EarlyStopping(Section):
+    metric: str  # a validation metric name, e.g. AUC, JA, val_loss
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(10, ge=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["none", "cosine", "poly"] = "cosine"
+    class_weights: Literal["none", "balanced"] = "none"  # classification: weight CE by inverse frequency
+    early_stopping: EarlyStopping | None = None
+    num_workers: int = Field(0, ge=0)
+
+
+class PredictConfig(Section):
+    threshold: float = Field(0.5, gt=0, lt=1)  # binary decision / mask threshold
+    tta: bool = False  # average over flips at test time
+
+
+class Config(Section):
+    recipe: Literal["segmentation", "classification"]
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _error_text(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def parse_config(raw: dict, source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_error_text(exc, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return raw if raw is not None else {}
+
+
+def set_key(raw: dict, key: str, value: Any) -> None:
+    """Set dotted ``key`` in a raw config dict, creating sections on the way."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{key!r}: empty key")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a raw config dict in place; the value is parsed as YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep:
+        raise ConfigError(f"--set {assignment}: expected key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    set_key(raw, key.strip(), value)
+
+
+def load_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,
+                data: str | None = None, seed: int | None = None) -> Config:
+    """Read a config file, apply ``--set`` overrides and the dedicated flags, validate."""
+    raw = read_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    for key, value in {"train.epochs": epochs, "data.root": data, "seed": seed}.items():
+        if value is not None:
+            set_key(raw, key, str(value) if key == "data.root" else value)
+    return parse_config(raw, str(path))

@@ -1,0 +1,62 @@
+"""Patient-grouped, label-stratified splits: hold-out validation and k-fold cross-validation.
+
+Cases of one patient (``Sample.patient_id``, the id when absent) always land on the same side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from medsight.errors import MedsightError
+
+
+def _groups(patient_ids, ids):
+    return np.array([p if p is not None else i for p, i in zip(patient_ids, ids)])
+
+
+def kfold_indices(labels, groups, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Test indices of each of ``folds`` stratified, patient-grouped folds (every index once)."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if folds < 2:
+        raise MedsightError(f"data.folds: need at least 2 folds, got {folds}")
+    if len(np.unique(groups)) < folds:
+        raise MedsightError(f"data.folds: {folds} folds but only {len(np.unique(groups))} patients")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+def holdout_indices(labels, groups, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices with about ``fraction`` of the patients in val, stratified by label."""
+    folds = max(2, int(round(1 / fraction)))
+    val = kfold_indices(labels, groups, folds, seed)[0]
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    return train, val
+
+
+def split_samples(samples, labels, val_fraction: float, seed: int = 0, folds: int = 0, fold: int = 0) -> dict:
+    """Split samples into ``train`` / ``val`` (/ ``heldout`` when ``folds`` > 1) lists.
+
+    Samples that carry an official ``split`` ("train"/"val") keep it; otherwise validation is
+    carved out of the training cases. With ``folds`` > 1, fold ``fold`` is held out first.
+    """
+    ids = [s.id for s in samples]
+    groups = _groups([s.patient_id for s in samples], ids)
+    labels = np.asarray(labels)
+    out = {"train": [], "val": [], "heldout": []}
+    rest = np.arange(len(samples))
+    if folds > 1:
+        if fold >= folds:
+            raise MedsightError(f"data.fold: {fold} is not below data.folds ({folds})")
+        heldout = kfold_indices(labels, groups, folds, seed)[fold]
+        out["heldout"] = [samples[i] for i in heldout]
+        rest = np.setdiff1d(rest, heldout)
+    official = {s.split for s in (samples[i] for i in rest)}
+    if folds <= 1 and "val" in official:
+        out["train"] = [samples[i] for i in rest if samples[i].split == "train"]
+        out["val"] = [samples[i] for i in rest if samples[i].split == "val"]
+        return out
+    train, val = holdout_indices(labels[rest], groups[rest], val_fraction, seed)
+    out["train"] = [samples[rest[i]] for i in train]
+    out["val"] = [samples[rest[i]] for i in val]
+    return out

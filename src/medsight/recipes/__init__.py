@@ -1,0 +1,12 @@
+"""Recipes: turn a config into model + data + loop, and expose train / predict / evaluate."""
+
+from medsight.recipes.base import Predictions, Recipe
+from medsight.recipes.classification import ClassificationRecipe
+from medsight.recipes.segmentation import SegmentationRecipe
+
+RECIPES: dict[str, type[Recipe]] = {
+    "classification": ClassificationRecipe,
+    "segmentation": SegmentationRecipe,
+}
+
+__all__ = ["RECIPES", "Recipe", "Predictions", "ClassificationRecipe", "SegmentationRecipe"]

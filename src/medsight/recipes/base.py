@@ -1,0 +1,304 @@
+"""What every recipe shares: run directories, data preparation, training and inference.
+
+A recipe subclass says which task it solves, how to build its model and training step, how to
+turn network outputs into prediction rows, and which metrics judge them. Everything else (splits,
+loading, the loop, checkpoints, writing outputs) lives here once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+import medsight
+from medsight.config import Config, parse_config
+from medsight.data import open_dataset
+from medsight.data.base import Dataset, Task
+from medsight.data.splits import split_samples
+from medsight.engine import Trainer, TrainingModule, epoch_seed, select_device
+from medsight.engine.checkpoint import load_weights, save_json
+from medsight.engine.loop import BEST_WEIGHTS, CHECKPOINT
+from medsight.errors import InputError, MedsightError
+from medsight.metrics import jsonable
+from medsight.models import create_model
+from medsight.recipes.prepare import Loaded, batch_indices, channel_stats, load_samples, normalise
+from medsight.transforms.augment import augment_batch
+
+CONFIG_FILE, RUN_FILE, SPLIT_FILE = "config.yaml", "run.json", "split.json"
+
+
+@dataclass
+class Predictions:
+    loaded: Loaded  # the cases that were predicted
+    outputs: torch.Tensor  # recipe-specific: class probabilities, or foreground probability maps
+    rejected: list[InputError]
+
+
+class Recipe:
+    kind: str = ""
+    need_masks: bool = False
+
+    def __init__(self, cfg: Config, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.run_info: dict[str, Any] = {}
+        self.model: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    # -- hooks for subclasses ----------------------------------------------------------------
+    def labelled(self, dataset: Dataset, task: Task | None) -> list:
+        """The samples this recipe can learn from."""
+        raise NotImplementedError
+
+    def build_model(self, in_channels: int) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def training_module(self, model: torch.nn.Module, train: Loaded) -> TrainingModule:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Network outputs for a normalised batch, as probabilities."""
+        raise NotImplementedError
+
+    def rows(self, preds: Predictions) -> list[dict]:
+        """predictions.csv rows (``id`` first), one per predicted case."""
+        raise NotImplementedError
+
+    def write_extra(self, preds: Predictions, out_dir: Path) -> None:
+        """Files beside predictions.csv (masks, maps)."""
+
+    def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
+        raise NotImplementedError
+
+    def val_figures(self, val: Loaded, run_dir: Path) -> None:
+        """Figures written into the run directory after training."""
+
+    # -- the task ------------------------------------------------------------------------------
+    @property
+    def task(self) -> Task | None:
+        t = self.run_info.get("task")
+        return None if t is None else Task(t["name"], tuple(t["classes"]), dict(t["mapping"]))
+
+    def open_data(self, path=None, format: str | None = None) -> Dataset:
+        data = self.cfg.data
+        if path is None and data.root is None and data.format != "synthetic":
+            raise MedsightError("no data: pass --data PATH or set data.root in the config")
+        return open_dataset(path if path is not None else data.root, format=format or data.format, **data.options)
+
+    # -- training --------------------------------------------------------------------------------
+    def train(self, run_dir: str | Path, device: str = "auto", callbacks=()) -> dict:
+        cfg = self.cfg
+        run_dir = Path(run_dir)
+        resuming = check_run_dir(run_dir, cfg)
+        dataset = self.open_data()
+        task = dataset.task(cfg.data.task) if dataset.tasks else None
+        samples = self.labelled(dataset, task)
+        if len(samples) < 4:
+            raise InputError(dataset.root, f"only {len(samples)} usable cases for the {self.kind} recipe")
+        labels = [task.label_of(s.diagnosis) if task and s.diagnosis is not None else 0 for s in samples]
+        split = split_samples(samples, labels, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.folds,
+                              cfg.data.fold)
+        size, channels = tuple(cfg.data.image_size), samples[0].load_image().shape[0]
+        train, _ = load_samples(split["train"], size, channels, task, self.need_masks, console=self.console,
+                                description="loading training cases")
+        val, _ = load_samples(split["val"], size, channels, task, self.need_masks, console=self.console,
+                              description="loading validation cases")
+        mean, std = channel_stats(train.images)
+        self.run_info = {
+            "medsight_version": medsight.__version__, "recipe": self.kind, "finished": False,
+            "task": None if task is None else {"name": task.name, "classes": list(task.classes),
+                                               "mapping": task.mapping},
+            "in_channels": channels, "image_size": list(size), "mean": mean, "std": std,
+            "data": {"format": dataset.name, "root": str(dataset.root), "train": len(train.ids),
+                     "val": len(val.ids), "heldout": len(split["heldout"])},
+        }
+        if resuming:  # the normalisation of the first attempt must survive a resume
+            saved = json.loads((run_dir / RUN_FILE).read_text())
+            self.run_info.update(mean=saved["mean"], std=saved["std"])
+        else:  # only now, with the data read and checked, is anything written
+            create_run_dir(run_dir, cfg)
+        self.console.print(f"{self.kind} recipe: {len(train.ids)} training, {len(val.ids)} validation cases"
+                           + (f", {len(split['heldout'])} held out" if split["heldout"] else ""))
+        save_json(self.run_info, run_dir / RUN_FILE)
+        save_json({k: [s.id for s in v] for k, v in split.items()}, run_dir / SPLIT_FILE)
+
+        torch.manual_seed(cfg.seed)
+        self.device = select_device(device)
+        self.model = self.build_model(channels)
+        module = self.training_module(self.model, train)
+        es = cfg.train.early_stopping
+        self.run_info["monitor"] = es.metric if es else module.monitor
+        trainer = Trainer(run_dir, cfg.train.epochs, self.optimizer, cfg.train.scheduler, self.device, cfg.seed,
+                          monitor=es.metric if es else None, mode=es.mode if es else None,
+                          patience=es.patience if es else None, callbacks=callbacks, console=self.console)
+        started = time.perf_counter()
+        history = trainer.fit(module, lambda epoch: self.train_batches(train, epoch),
+                              lambda: self.eval_batches(val), steps_per_epoch=self.steps(train))
+        self.model.load_state_dict(load_weights(run_dir / BEST_WEIGHTS))
+        self.model.to(self.device)
+        self.finish(run_dir, history, val, time.perf_counter() - started)
+        return self.run_info
+
+    def optimizer(self, params):
+        t = self.cfg.train
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def steps(self, data: Loaded) -> int:
+        n, b = len(data.ids), self.cfg.train.batch_size
+        return n // b if n > b else 1
+
+    def train_batches(self, data: Loaded, epoch: int):
+        """Shuffled, augmented, normalised batches; all randomness from (seed, epoch)."""
+        gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
+        mean, std = self.run_info["mean"], self.run_info["std"]
+        for idx in batch_indices(len(data.ids), self.cfg.train.batch_size, gen, drop_last=True):
+            x = normalise(data.images[idx], mean, std)
+            m = data.masks[idx].unsqueeze(1).float() if data.masks is not None else None
+            x, m = augment_batch(x, m, self.cfg.augment, gen)
+            yield {"x": x, "mask": m, "y": data.labels[idx]}
+
+    def eval_batches(self, data: Loaded, batch_size: int | None = None):
+        mean, std = self.run_info["mean"], self.run_info["std"]
+        for idx in batch_indices(len(data.ids), batch_size or self.cfg.train.batch_size):
+            m = data.masks[idx].unsqueeze(1).float() if data.masks is not None else None
+            yield {"x": normalise(data.images[idx], mean, std), "mask": m, "y": data.labels[idx]}
+
+    def finish(self, run_dir: Path, history: list[dict], val: Loaded, seconds: float) -> None:
+        from medsight.report import plot_history
+
+        write_csv(run_dir / "history.csv", history)
+        plot_history(history, run_dir / "training_curves.png", self.run_info.get("monitor"))
+        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["loop"]
+        best = next(r for r in history if r["epoch"] == state["best_epoch"])
+        self.run_info.update(finished=True, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+                             train_seconds=round(seconds, 1), device=str(self.device))
+        save_json(jsonable({"validation": best, "best_epoch": state["best_epoch"]}), run_dir / "metrics.json")
+        self.val_figures(val, run_dir)
+        save_json(jsonable(self.run_info), run_dir / RUN_FILE)
+        (run_dir / CHECKPOINT).unlink()  # the best weights are kept; the resume state is not needed
+        self.console.print(f"done: best epoch {state['best_epoch']}, run in {run_dir}")
+
+    # -- inference -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", console: Console | None = None) -> "Recipe":
+        run_dir = Path(run_dir)
+        for name in (CONFIG_FILE, RUN_FILE, BEST_WEIGHTS):
+            if not (run_dir / name).is_file():
+                raise InputError(run_dir, f"not a finished medsight run directory ({name} is missing)")
+        cfg = parse_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()), str(run_dir / CONFIG_FILE))
+        from medsight.recipes import RECIPES
+
+        recipe = RECIPES[cfg.recipe](cfg, console)
+        recipe.run_info = json.loads((run_dir / RUN_FILE).read_text())
+        if not recipe.run_info.get("finished"):
+            raise InputError(run_dir, "training has not finished (resume it with medsight train)")
+        recipe.device = select_device(device)
+        recipe.model = recipe.build_model(recipe.run_info["in_channels"])
+        try:
+            recipe.model.load_state_dict(load_weights(run_dir / BEST_WEIGHTS))
+        except RuntimeError as exc:
+            raise InputError(run_dir / BEST_WEIGHTS, f"weights do not fit the configured model ({exc})") from None
+        recipe.model.to(recipe.device).eval()
+        return recipe
+
+    @torch.no_grad()
+    def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
+        loaded, rejected = load_samples(dataset.samples, tuple(self.run_info["image_size"]),
+                                        self.run_info["in_channels"], None, need_masks, skip_bad=True,
+                                        console=self.console, description="loading cases")
+        self.model.eval()
+        outputs = [self.forward(batch["x"].to(self.device)).float().cpu()
+                   for batch in self.eval_batches(loaded, batch_size=32)]
+        shape = (0,) if not outputs else outputs[0].shape[1:]
+        return Predictions(loaded, torch.cat(outputs) if outputs else torch.zeros(shape), rejected)
+
+    def tta(self, x: torch.Tensor, fn) -> torch.Tensor:
+        """Average ``fn`` over flips when predict.tta is on (fn maps images to per-pixel or per-image outputs)."""
+        if not self.cfg.predict.tta:
+            return fn(x)
+        spatial = x.ndim - 2
+        out = fn(x)
+        flips = [(-1,), (-2,)] if spatial == 2 else [(-1,)]
+        for dims in flips:
+            y = fn(x.flip(dims))
+            out = out + (y.flip(dims) if y.ndim == x.ndim else y)
+        return out / (1 + len(flips))
+
+    def write_predictions(self, preds: Predictions, out_dir: str | Path) -> Path:
+        """Write predictions.csv (and the recipe's extra files) into a fresh ``out_dir``, atomically."""
+        out_dir = Path(out_dir)
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise MedsightError(f"{out_dir}: output folder exists and is not empty; choose another --out")
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            write_csv(tmp / "predictions.csv", self.rows(preds))
+            self.write_extra(preds, tmp)
+            if out_dir.exists():
+                out_dir.rmdir()
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(rows[0]) if rows else ["id"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def check_run_dir(run_dir: Path, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of this config to resume (writes nothing).
+
+    A finished run, a different config or a folder that is not a run are refused: nothing is
+    ever overwritten."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return False
+    saved_cfg = run_dir / CONFIG_FILE
+    if not saved_cfg.is_file():
+        raise MedsightError(f"{run_dir}: folder exists and is not a medsight run; choose another --out")
+    info = run_dir / RUN_FILE
+    if info.is_file() and json.loads(info.read_text()).get("finished"):
+        raise MedsightError(f"{run_dir}: holds a finished run; choose another --out")
+    saved = yaml.safe_load(saved_cfg.read_text())
+    if saved != cfg.to_dict():
+        diff = sorted(_diff_keys(saved, cfg.to_dict()))
+        raise MedsightError(f"{run_dir}: holds an unfinished run with a different config "
+                            f"({', '.join(diff)}); resume it with the same settings or choose another --out")
+    return (run_dir / CHECKPOINT).is_file() and info.is_file()
+
+
+def create_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Start a run directory afresh (an earlier attempt that never finished an epoch is cleared)."""
+    if run_dir.exists() and (run_dir / CONFIG_FILE).is_file():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in set(a) | set(b):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [prefix.rstrip(".")] if a != b else []
