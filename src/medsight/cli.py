@@ -161,16 +161,13 @@ def data():
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
 def data_check(inputs, fmt):
     """Summarise INPUT (cases, classes, sizes, masks) or list every problem found."""
-    from medsight.data import validate
     from medsight.data.check import format_summary, summarize
 
     dataset = _open_input(inputs, fmt)
-    problems = validate(dataset)
-    if problems:
-        for problem in problems:
-            console.print(f"  - {problem}")
-        raise MedsightError(f"{dataset.root}: {len(problems)} problem(s) found")
-    click.echo(format_summary(summarize(dataset)))
+    summary = summarize(dataset)
+    click.echo(format_summary(summary))
+    if summary["problems"]:
+        raise MedsightError(f"{dataset.root}: {len(summary['problems'])} problem(s) found")
 
 
 @data.command("synth")

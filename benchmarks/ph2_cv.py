@@ -1,0 +1,123 @@
+"""5-fold patient-level cross-validation of the two PH2 baseline recipes, next to classical peers.
+
+For each fold k the recipe is trained with ``medsight train CONFIG --set data.folds=5 --set
+data.fold=k`` (validation carved from the other four folds) and scored with ``medsight evaluate
+RUN PH2 --split heldout`` on fold k, which it never saw. The peers are scored on the same folds:
+Otsu thresholding (largest dark component, holes filled) for segmentation, and logistic regression
+on colour histograms for melanoma classification. Finished folds are reused when re-run.
+
+    python benchmarks/ph2_cv.py --data ../shared/datasets/ph2 --out bench_runs/ph2_cv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from medsight.data import open_dataset
+from medsight.data.splits import kfold_indices
+from medsight.metrics import binary_metrics, format_table, segmentation_metrics, summarize_repeats
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDS = 5
+
+
+def run_recipe(config: str, data: Path, out: Path, fold: int) -> dict:
+    run_dir = out / Path(config).stem / f"fold{fold}"
+    result_file = run_dir / "heldout.json"
+    if not result_file.is_file():
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
+                        "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={FOLDS}",
+                        "--set", f"data.fold={fold}"], check=True)
+        seconds = time.perf_counter() - start
+        subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
+                        "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
+        info = json.loads((run_dir / "run.json").read_text())
+        result = json.loads(result_file.read_text())
+        result["train_seconds"], result["epochs_run"] = round(seconds, 1), info["epochs_run"]
+        result_file.write_text(json.dumps(result, indent=2))
+    return json.loads(result_file.read_text())
+
+
+def folds_of(dataset) -> list[np.ndarray]:
+    """The same folds medsight's data.folds=5 / split_seed 0 uses."""
+    task = dataset.task("melanoma")
+    labels = [task.label_of(s.diagnosis) for s in dataset.samples]
+    groups = [s.patient_id or s.id for s in dataset.samples]
+    return kfold_indices(labels, groups, FOLDS, seed=0)
+
+
+def otsu_mask(image: np.ndarray) -> np.ndarray:
+    grey = image.astype(float).mean(0)
+    mask = grey < threshold_otsu(grey)  # lesions are darker than skin
+    labels, n = ndimage.label(mask)
+    if n > 1:  # keep the largest component (dark corners of the dermoscope's field are smaller)
+        mask = labels == (np.argmax(ndimage.sum(mask, labels, range(1, n + 1))) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
+def colour_features(image: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.histogram(c, bins=16, range=(0, 256), density=True)[0] for c in image]
+                          + [image.reshape(3, -1).mean(1) / 255, image.reshape(3, -1).std(1) / 255])
+
+
+def peers(dataset, folds) -> tuple[list[dict], list[dict]]:
+    images = [s.load_image() for s in dataset.samples]
+    task = dataset.task("melanoma")
+    y = np.array([task.label_of(s.diagnosis) for s in dataset.samples])
+    x = np.stack([colour_features(im) for im in images])
+    seg, cls = [], []
+    for test in folds:
+        per_image = [segmentation_metrics(otsu_mask(images[i]), dataset.samples[i].load_mask()) for i in test]
+        seg.append({k: v["mean"] for k, v in summarize_repeats(per_image).items()})
+        train = np.setdiff1d(np.arange(len(y)), test)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
+        model.fit(x[train], y[train])
+        cls.append(binary_metrics(y[test], model.predict_proba(x[test])[:, 1]))
+    return seg, cls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "ph2")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "ph2_cv")
+    args = parser.parse_args()
+    if not args.data.exists():
+        sys.exit(f"{args.data}: PH2 not found; pass --data")
+    dataset = open_dataset(args.data, format="ph2")
+    otsu, colour_lr = peers(dataset, folds_of(dataset))
+    unet = [run_recipe("configs/ph2_unet.yaml", args.data, args.out, k) for k in range(FOLDS)]
+    resnet = [run_recipe("configs/ph2_resnet.yaml", args.data, args.out, k) for k in range(FOLDS)]
+
+    seg_rows = {"ph2_unet (medsight)": summarize_repeats([r["metrics"] for r in unet]),
+                "Otsu threshold (peer)": summarize_repeats(otsu)}
+    cls_rows = {"ph2_resnet (medsight)": summarize_repeats([r["metrics"] for r in resnet]),
+                "colour histogram + LR (peer)": summarize_repeats(colour_lr)}
+    time_rows = {name: summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
+                 for name, runs in (("ph2_unet", unet), ("ph2_resnet", resnet))}
+    text = "\n\n".join([
+        "Segmentation, held-out folds (per-image mean, then mean ± std over 5 folds):",
+        format_table(seg_rows, ["JA", "DI", "AC", "SE", "SP"], style="markdown"),
+        "Melanoma vs nevus, held-out folds (mean ± std over 5 folds):",
+        format_table(cls_rows, ["AUC", "ACC", "SEN", "SPE"], style="markdown"),
+        "CPU training time per fold (seconds, epochs run):",
+        format_table(time_rows, ["train_s", "epochs"], style="markdown", percent=False, digits=1),
+    ])
+    print(text)
+    (args.out / "summary.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""What ``medsight data check`` reports: counts, image sizes, masks, and every problem found.
+
+``summarize(dataset)`` returns a JSON-friendly dict; ``format_summary`` renders it as text.
+Problems come from :func:`medsight.data.validate` (which loads every image and mask).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from medsight.data import validate
+from medsight.data.base import Dataset, Sample
+
+MAX_LISTED = 20  # problems printed by format_summary; the count is always given
+
+
+def _size(sample: Sample) -> tuple[int, int] | None:
+    """(height, width) from the array or the image file's header (None if unreadable)."""
+    if isinstance(sample.image, np.ndarray):
+        return tuple(int(x) for x in sample.image.shape[-2:])
+    try:
+        with Image.open(sample.image) as img:
+            return img.height, img.width
+    except (OSError, ValueError):
+        return None
+
+
+def _stats(values: list[int]) -> dict:
+    return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
+
+
+def summarize(dataset: Dataset, check_files: bool = True) -> dict:
+    """Counts per split and per class of every task, image sizes, masks and (unless
+    ``check_files`` is false) the problems :func:`validate` finds with the default task."""
+    samples = dataset.samples
+    splits = Counter(s.split or "none" for s in samples)
+    tasks = {}
+    for name, task in dataset.tasks.items():
+        counts = Counter(task.classes[task.mapping[s.diagnosis]] for s in samples
+                         if s.diagnosis is not None and s.diagnosis in task.mapping)
+        tasks[name] = {c: counts.get(c, 0) for c in task.classes}
+    per_split = {}
+    for split in sorted(splits):
+        counts = Counter(s.diagnosis for s in samples if (s.split or "none") == split)
+        per_split[split] = {c: counts[c] for c in dataset.classes if counts[c]}
+    sizes = [sz for sz in map(_size, samples) if sz is not None]
+    summary = {
+        "format": dataset.name,
+        "root": str(dataset.root),
+        "cases": len(samples),
+        "patients": len({s.patient_id for s in samples if s.patient_id is not None}),
+        "splits": dict(sorted(splits.items())),
+        "classes": list(dataset.classes),
+        "classes_per_split": per_split,
+        "default_task": dataset.default_task,
+        "tasks": tasks,
+        "image_height": _stats([h for h, _ in sizes]) if sizes else None,
+        "image_width": _stats([w for _, w in sizes]) if sizes else None,
+        "with_mask": sum(s.has_mask for s in samples),
+        "unlabelled": sum(s.diagnosis is None for s in samples),
+    }
+    if check_files:
+        task = dataset.task() if dataset.default_task else None
+        summary["problems"] = [str(p) for p in validate(dataset, task)]
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Readable text for ``medsight data check``."""
+    out = [f"format      {summary['format']}",
+           f"root        {summary['root']}",
+           f"cases       {summary['cases']}" + (f" ({summary['patients']} patients)" if summary["patients"] else ""),
+           "splits      " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
+           f"with mask   {summary['with_mask']}",
+           f"unlabelled  {summary['unlabelled']}"]
+    h, w = summary["image_height"], summary["image_width"]
+    if h and w:
+        out.append(f"image size  min {h['min']}x{w['min']}, median {h['median']:g}x{w['median']:g}, "
+                   f"max {h['max']}x{w['max']} (height x width)")
+    for name, counts in summary["tasks"].items():
+        default = " (default)" if name == summary["default_task"] else ""
+        out.append(f"task {name}{default}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    if len(summary["classes_per_split"]) > 1:
+        for split, counts in summary["classes_per_split"].items():
+            out.append(f"  {split}: " + (", ".join(f"{c} {n}" for c, n in counts.items()) or "unlabelled"))
+    if "problems" in summary:
+        problems = summary["problems"]
+        if not problems:
+            out.append("problems    none")
+        else:
+            out.append(f"problems    {len(problems)}")
+            out.extend(f"  - {p}" for p in problems[:MAX_LISTED])
+            if len(problems) > MAX_LISTED:
+                out.append(f"  ... and {len(problems) - MAX_LISTED} more")
+    return "\n".join(out)
