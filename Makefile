@@ -1,0 +1,28 @@
+# make demo: train and evaluate small models on embedded synthetic data (or DATA=/path/to/PH2).
+# make test: the whole CPU test suite. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+DEMO_OUT ?= demo_runs
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch first: the CPU wheel here; an existing (e.g. CUDA) torch in the venv is kept.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m medsight.demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) runs
