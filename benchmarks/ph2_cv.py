@@ -37,16 +37,15 @@ def run_recipe(config: str, data: Path, out: Path, fold: int) -> dict:
     run_dir = out / Path(config).stem / f"fold{fold}"
     result_file = run_dir / "heldout.json"
     if not result_file.is_file():
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
-                        "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={FOLDS}",
-                        "--set", f"data.fold={fold}"], check=True)
-        seconds = time.perf_counter() - start
+        if not (run_dir / "model.safetensors").is_file() or not json.loads((run_dir / "run.json").read_text())["finished"]:
+            subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
+                            "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={FOLDS}",
+                            "--set", f"data.fold={fold}"], check=True)
         subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
                         "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
         info = json.loads((run_dir / "run.json").read_text())
         result = json.loads(result_file.read_text())
-        result["train_seconds"], result["epochs_run"] = round(seconds, 1), info["epochs_run"]
+        result["train_seconds"], result["epochs_run"] = info["train_seconds"], info["epochs_run"]
         result_file.write_text(json.dumps(result, indent=2))
     return json.loads(result_file.read_text())
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from medsight.errors import MedsightError
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # never break paths in messages
 
 
 def _default_run_dir(config: Path) -> Path:
@@ -75,9 +75,9 @@ def train(config, data, out, device, seed, epochs, overrides):
 def predict(run_dir, inputs, out, fmt, device):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
     from medsight.recipes import Recipe
+    from medsight.recipes.base import refuse_existing_output
 
-    if out.exists() and any(out.iterdir()):
-        raise MedsightError(f"{out}: output folder exists and is not empty; choose another --out")
+    refuse_existing_output(out)
     recipe = Recipe.load(run_dir, device, console)
     dataset = _open_input(inputs, fmt)
     preds = recipe.predict(dataset)
@@ -102,13 +102,16 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     from medsight.metrics import format_table, jsonable
     from medsight.recipes import Recipe
 
+    if out is not None and out.exists():
+        raise MedsightError(f"{out}: exists; choose another --out")
     recipe = Recipe.load(run_dir, device, console)
-    dataset = _open_input(inputs, fmt)
-    dataset = _restrict(dataset, split, run_dir)
+    dataset = _restrict(_open_input(inputs, fmt), split, run_dir)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.run_info["data"]["root"]).resolve())
     train_ids = set(json.loads((run_dir / "split.json").read_text()).get("train", [])) if same_data else set()
     preds = recipe.predict(dataset, need_masks=recipe.need_masks)
     _report_rejected(preds.rejected)
+    if not preds.loaded.ids:
+        raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
     result = recipe.evaluate(dataset, preds)
     overlap = len(train_ids & set(preds.loaded.ids))
     if overlap:
@@ -119,8 +122,6 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
         row = {k: {"mean": v, "std": result["std"][k], "n": result["n"]} for k, v in row.items()}
     click.echo(format_table({f"{run_dir.name} on {name} (n={result['n']})": row}))
     target = out or _unique(run_dir / f"evaluation_{name}.json")
-    if out is not None and out.exists():
-        raise MedsightError(f"{out}: exists; choose another --out")
     save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
                         **result}), target)
     console.print(f"metrics written to {target}")
@@ -167,7 +168,8 @@ def data_check(inputs, fmt):
     summary = summarize(dataset)
     click.echo(format_summary(summary))
     if summary["problems"]:
-        raise MedsightError(f"{dataset.root}: {len(summary['problems'])} problem(s) found")
+        problems = summary["problems"]
+        raise MedsightError(f"{dataset.root}: {len(problems)} problem(s) found, the first: {problems[0]}")
 
 
 @data.command("synth")

@@ -63,7 +63,6 @@ class TrainConfig(Section):
     scheduler: Literal["none", "cosine", "poly"] = "cosine"
     class_weights: Literal["none", "balanced"] = "none"  # classification: weight CE by inverse frequency
     early_stopping: EarlyStopping | None = None
-    num_workers: int = Field(0, ge=0)
 
 
 class PredictConfig(Section):

@@ -66,9 +66,23 @@ def main(argv=None) -> None:
         run("train", str(CONFIGS / config), "--out", str(run_dir), *extra)
         run("predict", str(run_dir), str(heldout), "--out", str(pred_dir))
         run("evaluate", str(run_dir), str(heldout), *eval_args, "--out", str(run_dir / "evaluation_heldout.json"))
+        if (pred_dir / "masks").is_dir():
+            heldout_overlays(heldout, pred_dir, run_dir)
         made.append((name, run_dir, pred_dir))
     run("report", *[str(d) for _, d, _ in made], "--out", str(out / "report.html"))
     write_summary(out, made, heldout, time.perf_counter() - start)
+
+
+def heldout_overlays(heldout: Path, pred_dir: Path, run_dir: Path, count: int = 8) -> None:
+    """Predicted (yellow) against reference (green) outlines on the first held-out cases."""
+    from medsight.data import open_dataset
+    from medsight.data.imageio import read_mask
+    from medsight.report import save_overlays
+
+    fold = set(json.loads((run_dir / "split.json").read_text())["heldout"])  # empty: the whole input is held out
+    cases = [s for s in open_dataset(heldout).samples if s.has_mask and (not fold or s.id in fold)][:count]
+    save_overlays([s.load_image() for s in cases], [read_mask(pred_dir / "masks" / f"{s.id}.png") for s in cases],
+                  [s.load_mask() for s in cases], [s.id for s in cases], run_dir / "heldout_overlays.png")
 
 
 def write_summary(out: Path, made, heldout: Path, seconds: float) -> None:

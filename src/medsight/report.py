@@ -100,7 +100,7 @@ def save_overlays(images, preds, truths, ids, path: Path, columns: int = 4) -> N
 
 
 # -- run reports ----------------------------------------------------------------------------------
-FIGURES = ("training_curves.png", "validation_overlays.png", "validation_roc.png")
+FIGURES = ("training_curves.png", "validation_overlays.png", "validation_roc.png", "heldout_overlays.png")
 
 
 def _load_run(run_dir: Path) -> dict:

@@ -99,6 +99,7 @@ class Recipe:
     def train(self, run_dir: str | Path, device: str = "auto", callbacks=()) -> dict:
         cfg = self.cfg
         run_dir = Path(run_dir)
+        self.device = select_device(device)
         resuming = check_run_dir(run_dir, cfg)
         dataset = self.open_data()
         task = dataset.task(cfg.data.task) if dataset.tasks else None
@@ -133,7 +134,6 @@ class Recipe:
         save_json({k: [s.id for s in v] for k, v in split.items()}, run_dir / SPLIT_FILE)
 
         torch.manual_seed(cfg.seed)
-        self.device = select_device(device)
         self.model = self.build_model(channels)
         module = self.training_module(self.model, train)
         es = cfg.train.early_stopping
@@ -240,8 +240,7 @@ class Recipe:
     def write_predictions(self, preds: Predictions, out_dir: str | Path) -> Path:
         """Write predictions.csv (and the recipe's extra files) into a fresh ``out_dir``, atomically."""
         out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise MedsightError(f"{out_dir}: output folder exists and is not empty; choose another --out")
+        refuse_existing_output(out_dir)
         tmp = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -255,6 +254,11 @@ class Recipe:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out_dir
+
+
+def refuse_existing_output(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MedsightError(f"{out_dir}: exists and is not an empty folder; choose another --out")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -1,0 +1,623 @@
+"""The command-line contract of docs/design.md, exercised in-process through ``medsight.cli.main``.
+
+Two tiny models (a U-Net and a ResNet-18 on 40 synthetic 48-px images, 2 epochs) are trained once
+per module; the tests then predict, evaluate, report and check data with them, and check that bad
+input or usage ends with exit code 2 and one message naming the file, and that nothing is ever
+overwritten. Messages go to stderr (rich), tables and summaries to stdout (click.echo).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from medsight.cli import main
+from medsight.data.synthetic import make_dermoscopy, write_folder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+UNET_CONFIG = CONFIGS / "demo_unet.yaml"
+RESNET_CONFIG = CONFIGS / "demo_resnet.yaml"
+
+TINY_DATA = ["--set", "data.options.n=40", "--set", "data.options.size=48"]
+UNET_ARGS = ["--epochs", "2", "--device", "cpu", *TINY_DATA, "--set", "data.image_size=[48,48]",
+             "--set", "model.options.channels=[8,16,32]"]
+RESNET_ARGS = ["--epochs", "2", "--device", "cpu", *TINY_DATA, "--set", "data.image_size=[32,32]",
+               "--set", "model.options.width=8"]
+
+SEG_METRICS = ("JA", "DI", "AC", "SE", "SP")
+RUN_FILES = ("config.yaml", "run.json", "model.safetensors", "history.csv", "split.json",
+             "training_curves.png", "metrics.json")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``medsight ARGS`` in-process: (exit code, stdout, stderr) of this call alone.
+
+    stderr comes back with each run of whitespace turned into one space: rich wraps messages at
+    the console width (80 columns when stderr is not a terminal)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+def flat(text: str) -> str:
+    """``text`` without whitespace: rich wraps long lines (and paths) at the console width."""
+    return re.sub(r"\s+", "", text)
+
+
+def names(text: str, path: Path | str) -> bool:
+    """Whether ``text`` names ``path`` (allowing for rich's line wrapping)."""
+    return flat(str(path)) in flat(text)
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, to show that nothing was touched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def garbage_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes())
+    return path
+
+
+def save_rgb(image_chw: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image_chw.transpose(1, 2, 0))).save(path)
+    return path
+
+
+# -- module fixtures: two tiny runs and held-out data ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("seg") / "unet_run"
+    assert main(["train", str(UNET_CONFIG), "--out", str(run), *UNET_ARGS]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def cls_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cls") / "resnet_run"
+    assert main(["train", str(RESNET_CONFIG), "--out", str(run), *RESNET_ARGS]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory) -> Path:
+    """12 labelled cases with masks, 60x60 (the runs were trained at 48 px), written by the CLI."""
+    root = tmp_path_factory.mktemp("heldout") / "synth60"
+    assert main(["data", "synth", str(root), "--n", "12", "--size", "60", "--seed", "3"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def heldout_rect(tmp_path_factory) -> Path:
+    """5 labelled cases with masks, 50 high x 70 wide, in the folder layout."""
+    root = tmp_path_factory.mktemp("heldout_rect") / "rect"
+    write_folder(make_dermoscopy(n=5, size=(50, 70), seed=5), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory, heldout) -> Path:
+    """A plain folder of images (no CSV, no masks): the 'images' layout."""
+    root = tmp_path_factory.mktemp("unlabelled") / "images"
+    root.mkdir()
+    for p in sorted((heldout / "images").glob("*.png"))[:4]:
+        shutil.copy(p, root / p.name)
+    return root
+
+
+# -- 1. segmentation end to end --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_segmentation_run_directory(seg_run):
+    for name in (*RUN_FILES, "validation_overlays.png"):
+        assert (seg_run / name).is_file(), f"{name} missing from the run directory"
+    assert not (seg_run / "checkpoint.pt").exists(), "the resume checkpoint is left behind"
+    info = json.loads((seg_run / "run.json").read_text())
+    assert info["finished"] is True
+    assert info["recipe"] == "segmentation"
+    # the resolved config: the file's settings with the command line's overrides applied
+    cfg = yaml.safe_load((seg_run / "config.yaml").read_text())
+    assert cfg["recipe"] == "segmentation"
+    assert cfg["train"]["epochs"] == 2
+    assert cfg["data"]["options"]["n"] == 40
+    assert list(cfg["data"]["image_size"]) == [48, 48]
+    assert list(cfg["model"]["options"]["channels"]) == [8, 16, 32]
+    _, history = read_rows(seg_run / "history.csv")
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert "validation" in json.loads((seg_run / "metrics.json").read_text())
+    split = json.loads((seg_run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 40
+    assert not set(split["train"]) & set(split["val"])
+    for png in ("training_curves.png", "validation_overlays.png"):
+        with Image.open(seg_run / png) as img:
+            assert img.format == "PNG"
+    # the weights are safetensors, loadable without unpickling anything
+    from safetensors.torch import load_file
+
+    weights = load_file(str(seg_run / "model.safetensors"))
+    assert weights and all(isinstance(t, torch.Tensor) for t in weights.values())
+
+
+@pytest.mark.slow
+def test_segmentation_predict_masks_at_input_size(seg_run, heldout_rect, tmp_path, capsys):
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, heldout_rect, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    columns, rows = read_rows(out / "predictions.csv")
+    assert columns == ["id", "mask", "foreground_fraction"]
+    ids = sorted(p.stem for p in (heldout_rect / "images").glob("*.png"))
+    assert len(ids) == 5
+    assert sorted(r["id"] for r in rows) == ids, "one row per input case"
+    for row in rows:
+        assert row["mask"] == f"masks/{row['id']}.png"
+        mask = np.asarray(Image.open(out / row["mask"]))
+        with Image.open(heldout_rect / "images" / f"{row['id']}.png") as img:
+            assert (img.height, img.width) == (50, 70)
+            assert mask.shape == (img.height, img.width), "mask must have the input image's height and width"
+        assert mask.dtype == np.uint8
+        assert set(np.unique(mask).tolist()) <= {0, 255}
+        assert float(row["foreground_fraction"]) == pytest.approx((mask > 0).mean(), abs=1e-5)
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == ids
+
+
+@pytest.mark.slow
+def test_segmentation_predict_mixed_sizes(seg_run, heldout, heldout_rect, tmp_path, capsys):
+    """Images of different sizes in one folder (and batch): each mask matches its own image."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    sizes = {}
+    for prefix, src in (("sq", heldout), ("rect", heldout_rect)):
+        for p in sorted((src / "images").glob("*.png"))[:2]:
+            shutil.copy(p, folder / f"{prefix}_{p.name}")
+            with Image.open(p) as img:
+                sizes[f"{prefix}_{p.stem}"] = (img.height, img.width)
+    assert {s for s in sizes.values()} == {(60, 60), (50, 70)}
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, folder, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    _, rows = read_rows(out / "predictions.csv")
+    assert sorted(r["id"] for r in rows) == sorted(sizes)
+    for case, hw in sizes.items():
+        assert np.asarray(Image.open(out / "masks" / f"{case}.png")).shape == hw
+
+
+@pytest.mark.slow
+def test_segmentation_evaluate(seg_run, heldout, tmp_path, capsys):
+    target = tmp_path / "metrics.json"
+    code, out, err = cli(capsys, "evaluate", seg_run, heldout, "--out", target, "--device", "cpu")
+    assert code == 0, err
+    header = next((line for line in out.splitlines() if "JA" in line.split() and "DI" in line.split()), None)
+    assert header is not None, f"no table with JA and DI columns in:\n{out}"
+    result = json.loads(target.read_text())
+    assert result["n"] == 12
+    for key in SEG_METRICS:
+        value = result["metrics"][key]
+        assert value is not None and 0.0 <= value <= 1.0, (key, value)
+    # the table shows the same numbers as the JSON (in percent)
+    assert f"{100 * result['metrics']['JA']:.2f}" in out
+    assert f"{100 * result['metrics']['DI']:.2f}" in out
+    assert names(err, target)
+
+
+# -- 2. classification end to end ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_classification_run_directory(cls_run):
+    for name in (*RUN_FILES, "validation_roc.png"):
+        assert (cls_run / name).is_file(), f"{name} missing from the run directory"
+    assert not (cls_run / "checkpoint.pt").exists()
+    assert json.loads((cls_run / "run.json").read_text())["finished"] is True
+
+
+@pytest.mark.slow
+def test_classification_predict(cls_run, heldout, tmp_path, capsys):
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", cls_run, heldout, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    columns, rows = read_rows(out / "predictions.csv")
+    assert columns == ["id", "p_malignant", "pred"]
+    assert sorted(r["id"] for r in rows) == sorted(p.stem for p in (heldout / "images").glob("*.png"))
+    threshold = yaml.safe_load((cls_run / "config.yaml").read_text())["predict"]["threshold"]
+    assert threshold == 0.5
+    for row in rows:
+        p = float(row["p_malignant"])
+        assert 0.0 <= p <= 1.0
+        assert row["pred"] in ("benign", "malignant")
+        assert row["pred"] == ("malignant" if p >= threshold else "benign"), row
+    assert not (out / "masks").exists()
+
+
+@pytest.mark.slow
+def test_classification_evaluate(cls_run, heldout, tmp_path, capsys):
+    target = tmp_path / "metrics.json"
+    code, out, err = cli(capsys, "evaluate", cls_run, heldout, "--out", target, "--device", "cpu")
+    assert code == 0, err
+    result = json.loads(target.read_text())
+    assert result["n"] == 12
+    for key in ("AUC", "ACC", "SEN", "SPE"):
+        value = result["metrics"][key]
+        assert value is not None and 0.0 <= value <= 1.0, (key, value)
+    header = out.splitlines()[0].split()
+    assert {"AUC", "ACC"} <= set(header), out
+
+
+# -- 3. nothing is ever overwritten ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_refuses_a_finished_run(seg_run, capsys):
+    before = snapshot(seg_run)
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", seg_run, *UNET_ARGS)
+    assert code == 2
+    assert names(err, seg_run)
+    assert "finished" in err
+    assert snapshot(seg_run) == before
+
+
+def test_train_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", folder, *UNET_ARGS)
+    assert code == 2
+    assert names(err, folder)
+    assert snapshot(folder) == {"notes.txt": b"keep me"}
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_non_empty_out(seg_run, heldout, tmp_path, capsys):
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "predictions.csv").write_text("id,mine\nx,1\n")
+    (out / "other.txt").write_text("keep me")
+    before = snapshot(out)
+    code, _, err = cli(capsys, "predict", seg_run, heldout, "--out", out, "--device", "cpu")
+    assert code == 2
+    assert names(err, out)
+    assert snapshot(out) == before
+    assert not (tmp_path / "pred.partial").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_an_existing_out(cls_run, heldout, tmp_path, capsys):
+    target = tmp_path / "metrics.json"
+    target.write_text('{"mine": true}\n')
+    code, _, err = cli(capsys, "evaluate", cls_run, heldout, "--out", target, "--device", "cpu")
+    assert code == 2
+    assert names(err, target)
+    assert target.read_text() == '{"mine": true}\n'
+
+
+# -- 4. resuming needs the same config -------------------------------------------------------------
+
+
+@pytest.fixture
+def unfinished_run(seg_run, tmp_path) -> Path:
+    """A copy of the finished U-Net run marked unfinished (as if training had been interrupted)."""
+    run = tmp_path / "unfinished"
+    shutil.copytree(seg_run, run)
+    info = json.loads((run / "run.json").read_text())
+    info["finished"] = False
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, key", [(["--set", "train.lr=0.01"], "train.lr"),
+                                         (["--epochs", "3"], "train.epochs")])
+def test_resume_refuses_a_different_config(unfinished_run, change, key, capsys):
+    before = snapshot(unfinished_run)
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS, *change)
+    assert code == 2
+    assert names(err, unfinished_run)
+    assert key in err, err
+    assert snapshot(unfinished_run) == before
+
+
+# -- 5. bad input: exit 2 and one message naming the file ------------------------------------------
+
+
+def test_config_with_unknown_key(tmp_path, capsys):
+    raw = yaml.safe_load(UNET_CONFIG.read_text())
+    raw["train"]["learning_rate"] = 0.1
+    config = tmp_path / "typo.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", config, "--out", run, *UNET_ARGS)
+    assert code == 2
+    assert names(err, config)
+    assert "train.learning_rate" in err
+    assert "unknown key" in err
+    assert not run.exists()
+
+
+def test_config_file_not_found(tmp_path, capsys):
+    config = tmp_path / "nope.yaml"
+    code, _, err = cli(capsys, "train", config, "--out", tmp_path / "run")
+    assert code == 2
+    assert names(err, config)
+    assert "not found" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_with_a_bad_value(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", tmp_path / "run", "--set", "train.epochs=abc")
+    assert code == 2
+    assert "train.epochs" in err
+    assert names(err, UNET_CONFIG)
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_with_a_folder_that_is_not_a_run(heldout, tmp_path, capsys):
+    notrun = tmp_path / "notrun"
+    notrun.mkdir()
+    (notrun / "notes.txt").write_text("hello")
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", notrun, heldout, "--out", out)
+    assert code == 2
+    assert names(err, notrun)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_predict_without_input_or_out_is_usage_error(seg_run, heldout, tmp_path, capsys):
+    code, _, err = cli(capsys, "predict", seg_run, "--out", tmp_path / "p")
+    assert code == 2 and "INPUT" in err
+    code, _, err = cli(capsys, "predict", seg_run, heldout)
+    assert code == 2 and "--out" in err
+
+
+@pytest.mark.slow
+def test_predict_input_not_found(seg_run, tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    code, _, err = cli(capsys, "predict", seg_run, missing, "--out", tmp_path / "p")
+    assert code == 2
+    assert names(err, missing)
+
+
+def test_data_check_labels_name_a_missing_image(tmp_path, capsys):
+    root = write_folder(make_dermoscopy(n=4, size=32, seed=1), tmp_path / "data")
+    gone = root / "images" / "syn_0002.png"
+    gone.unlink()
+    code, out, err = cli(capsys, "data", "check", root)
+    assert code == 2
+    assert names(err, gone), err
+    assert "not found" in err
+    assert "Traceback" not in err
+
+
+def test_data_check_missing_image_without_image_column(tmp_path, capsys):
+    """labels.csv with only id,label: the image is looked up by id, and the message names the case."""
+    root = tmp_path / "data"
+    root.mkdir()
+    ds = make_dermoscopy(n=3, size=32, seed=1)
+    for s in ds.samples[:2]:
+        save_rgb(s.image, root / f"{s.id}.png")
+    (root / "labels.csv").write_text("id,label\n" + "".join(f"{s.id},{s.diagnosis}\n" for s in ds.samples))
+    code, _, err = cli(capsys, "data", "check", root)
+    assert code == 2
+    assert names(err, root / "labels.csv")
+    assert ds.samples[2].id in err
+
+
+def test_data_check_garbage_image(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    ds = make_dermoscopy(n=1, size=32, seed=1)
+    save_rgb(ds.samples[0].image, folder / "good.png")
+    bad = garbage_png(folder / "bad.png")
+    code, out, err = cli(capsys, "data", "check", folder)
+    assert code == 2
+    assert names(out + err, bad)
+    assert "1 problem" in err
+    assert "good.png" not in out + err
+    # and the garbage file given on its own
+    code, out, err = cli(capsys, "data", "check", bad)
+    assert code == 2
+    assert names(out + err, bad)
+
+
+@pytest.mark.slow
+def test_evaluate_classifier_on_unlabelled_images(cls_run, unlabelled, tmp_path, capsys):
+    before = snapshot(cls_run)
+    target = tmp_path / "m.json"
+    code, _, err = cli(capsys, "evaluate", cls_run, unlabelled, "--out", target, "--device", "cpu")
+    assert code == 2
+    assert names(err, unlabelled)
+    assert "labelled" in err
+    assert not target.exists()
+    assert snapshot(cls_run) == before, "nothing may be written into the run directory"
+
+
+cuda_missing = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+
+@cuda_missing
+def test_device_cuda_without_cuda(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", tmp_path / "run", *UNET_ARGS, "--device", "cuda")
+    assert code == 2
+    assert "cuda" in err.lower()
+    assert "Traceback" not in err
+
+
+@cuda_missing
+@pytest.mark.slow
+def test_predict_device_cuda_without_cuda(seg_run, heldout, tmp_path, capsys):
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, heldout, "--out", out, "--device", "cuda")
+    assert code == 2
+    assert "cuda" in err.lower()
+    assert not out.exists()
+
+
+# -- 6. rejected cases are counted, not dropped ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_counts_rejected_cases(seg_run, heldout, heldout_rect, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = []
+    for prefix, root, k in (("sq", heldout, 2), ("rect", heldout_rect, 1)):
+        for src in sorted((root / "images").glob("*.png"))[:k]:
+            shutil.copy(src, folder / f"{prefix}_{src.name}")
+            good.append(f"{prefix}_{src.stem}")
+    bad = garbage_png(folder / "broken.png")
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, folder, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    _, rows = read_rows(out / "predictions.csv")
+    assert sorted(r["id"] for r in rows) == sorted(good)
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == sorted(good)
+    assert re.search(r"\b1 case(\(s\))? rejected", err), err
+    assert names(err, bad)
+    assert re.search(r"\b3 of 4\b", err), err
+
+
+# -- 7. data check ---------------------------------------------------------------------------------
+
+
+def test_data_check_summary(heldout, capsys):
+    code, out, err = cli(capsys, "data", "check", heldout)
+    assert code == 0, err
+    _, rows = read_rows(heldout / "labels.csv")
+    counts = {c: sum(r["label"] == c for r in rows) for c in ("benign", "malignant")}
+    assert sum(counts.values()) == 12 and min(counts.values()) > 0
+    assert re.search(r"^cases\s+12\b", out, re.M), out
+    assert f"benign {counts['benign']}" in out
+    assert f"malignant {counts['malignant']}" in out
+    assert re.search(r"^with mask\s+12\b", out, re.M), out
+    assert re.search(r"problems\s+none", out), out
+
+
+# -- 8. report -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_report_html_and_markdown(seg_run, cls_run, tmp_path, capsys):
+    html = tmp_path / "report.html"
+    code, _, err = cli(capsys, "report", seg_run, cls_run, "--out", html)
+    assert code == 0, err
+    text = html.read_text()
+    assert seg_run.name in text and cls_run.name in text
+    found = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert found, "no embedded PNG"
+    assert base64.b64decode(found.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
+
+    md = tmp_path / "report.md"
+    code, _, err = cli(capsys, "report", seg_run, cls_run, "--out", md)
+    assert code == 0, err
+    lines = md.read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) >= 4, "a header, a rule and one row per run"
+    assert re.match(r"^\|[\s:|-]+\|$", table[1]), table[1]
+    assert any(seg_run.name in line for line in table[2:])
+    assert any(cls_run.name in line for line in table[2:])
+
+    # an existing --out is refused and kept
+    before = md.read_bytes()
+    code, _, err = cli(capsys, "report", seg_run, cls_run, "--out", md)
+    assert code == 2
+    assert names(err, md)
+    assert md.read_bytes() == before
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    notrun = tmp_path / "notrun"
+    notrun.mkdir()
+    code, _, err = cli(capsys, "report", notrun, "--out", tmp_path / "r.html")
+    assert code == 2
+    assert names(err, notrun)
+    assert not (tmp_path / "r.html").exists()
+
+
+# -- 9. help ---------------------------------------------------------------------------------------
+
+
+def test_help(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    for command in ("train", "predict", "evaluate", "data", "report"):
+        assert command in out
+    code, out, _ = cli(capsys, "train", "--help")
+    assert code == 0
+    for option in ("--data", "--out", "--device", "--seed", "--epochs", "--set"):
+        assert option in out
+
+
+def test_unknown_command_is_usage_error(capsys):
+    code, _, err = cli(capsys, "frobnicate")
+    assert code == 2
+    assert "frobnicate" in err
+
+
+# -- regressions: bugs found and fixed --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_predict_when_every_case_is_rejected(seg_run, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    bad = garbage_png(folder / "broken.png")
+    code, _, err = cli(capsys, "predict", seg_run, folder, "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 2, err
+    assert names(err, bad)
+
+
+@pytest.mark.slow
+def test_evaluate_segmenter_on_unlabelled_images(seg_run, unlabelled, tmp_path, capsys):
+    code, _, err = cli(capsys, "evaluate", seg_run, unlabelled, "--out", tmp_path / "m.json", "--device", "cpu")
+    assert code == 2, err
+    assert names(err, unlabelled)
+
+
+@pytest.mark.slow
+def test_predict_out_is_an_existing_file(seg_run, heldout, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep me")
+    code, _, err = cli(capsys, "predict", seg_run, heldout, "--out", target, "--device", "cpu")
+    assert code == 2, err
+    assert names(err, target)
+    assert target.read_text() == "keep me"
+
+
+@cuda_missing
+def test_device_cuda_without_cuda_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, _ = cli(capsys, "train", UNET_CONFIG, "--out", run, *UNET_ARGS, "--device", "cuda")
+    assert code == 2
+    assert not run.exists()
+
+
+def test_error_message_keeps_a_long_path_on_one_line(tmp_path, capsys):
+    folder = tmp_path / ("a_rather_long_folder_name_" * 4) / "run"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("x")
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", folder, *UNET_ARGS)
+    assert code == 2
+    assert str(folder) in err
