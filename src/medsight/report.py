@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -29,12 +30,13 @@ def plot_history(history: list[dict], path: Path, monitor: str | None = None) ->
     axes[0].plot(epochs, _finite([r.get("loss") for r in history]), label="training loss")
     if any("val_loss" in r for r in history):
         axes[0].plot(epochs, _finite([r.get("val_loss") for r in history]), label="validation loss")
-    axes[0].set_xlabel("epoch")
     axes[0].legend()
     if monitor and monitor != "val_loss":
         axes[1].plot(epochs, _finite([r.get(monitor) for r in history]), color="tab:green")
         axes[1].set_ylabel(f"validation {monitor}")
-    axes[1].set_xlabel("epoch")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
