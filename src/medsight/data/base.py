@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,10 +55,13 @@ class Task:
 
 @dataclass
 class Sample:
-    """One case: an image (channel-first uint8 ``(C, H, W)``), an optional mask ``(H, W)`` of 0/1.
+    """One case: an image and an optional mask of 0/1.
 
-    ``image`` and ``mask`` are either in-memory arrays or paths read on demand. ``diagnosis`` is the
-    dataset's own class name (``None`` when unlabelled); tasks map it to a label index.
+    2D images are channel-first uint8 ``(C, H, W)`` with masks ``(H, W)``; CT volumes are
+    ``(1, D, H, W)`` in Hounsfield units (int16 or float) with masks ``(D, H, W)`` and ``spacing``
+    in mm per axis ``(z, y, x)``. ``image`` and ``mask`` are in-memory arrays or paths read on
+    demand (by ``loader`` when the path is not a 2D image file). ``diagnosis`` is the dataset's
+    own class name (``None`` when unlabelled); tasks map it to a label index.
     """
 
     id: str
@@ -68,16 +71,19 @@ class Sample:
     patient_id: str | None = None
     split: str | None = None  # "train" / "val" / "test" where the layout has an official split
     meta: dict[str, Any] = field(default_factory=dict)
+    spacing: tuple[float, ...] | None = None  # mm per spatial axis, for volumes
+    # reads a path into an array: (path, is_mask) -> array; None means a 2D image file
+    loader: Callable[[Path, bool], np.ndarray] | None = field(default=None, repr=False)
 
     def load_image(self) -> np.ndarray:
         if isinstance(self.image, np.ndarray):
             return self.image
-        return imageio.read_image(self.image)
+        return self.loader(self.image, False) if self.loader else imageio.read_image(self.image)
 
     def load_mask(self) -> np.ndarray | None:
         if self.mask is None or isinstance(self.mask, np.ndarray):
             return self.mask
-        return imageio.read_mask(self.mask)
+        return self.loader(self.mask, True) if self.loader else imageio.read_mask(self.mask)
 
     @property
     def has_mask(self) -> bool:
