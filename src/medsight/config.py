@@ -25,7 +25,9 @@ class DataConfig(Section):
     root: str | None = None  # overridden by --data
     task: str | None = None  # the layout's default task when None
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the reader
-    image_size: tuple[int, int] = (128, 128)  # (height, width) the network sees
+    image_size: tuple[int, ...] = (128, 128)  # (height, width), or (depth, height, width), the network sees
+    preprocess: str = "resize"  # how a case becomes the network's input (medsight.transforms.preprocess)
+    preprocess_options: dict[str, Any] = Field(default_factory=dict)
     val_fraction: float = Field(0.2, gt=0, lt=1)  # used when the layout has no official val split
     folds: int = Field(0, ge=0)  # > 1: hold out fold `fold` of a patient-grouped stratified k-fold
     fold: int = Field(0, ge=0)

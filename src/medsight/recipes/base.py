@@ -33,6 +33,7 @@ from medsight.metrics import jsonable
 from medsight.models import create_model
 from medsight.recipes.prepare import Loaded, batch_indices, channel_stats, load_samples, normalise
 from medsight.transforms.augment import augment_batch
+from medsight.transforms.preprocess import make_preprocess
 
 CONFIG_FILE, RUN_FILE, SPLIT_FILE = "config.yaml", "run.json", "split.json"
 
@@ -109,11 +110,12 @@ class Recipe:
         labels = [task.label_of(s.diagnosis) if task and s.diagnosis is not None else 0 for s in samples]
         split = split_samples(samples, labels, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.folds,
                               cfg.data.fold)
-        size, channels = tuple(cfg.data.image_size), samples[0].load_image().shape[0]
-        train, _ = load_samples(split["train"], size, channels, task, self.need_masks, console=self.console,
+        preprocess = self.preprocess(channels=None)  # the input's own channels
+        train, _ = load_samples(split["train"], preprocess, task, self.need_masks, console=self.console,
                                 description="loading training cases")
-        val, _ = load_samples(split["val"], size, channels, task, self.need_masks, console=self.console,
+        val, _ = load_samples(split["val"], preprocess, task, self.need_masks, console=self.console,
                               description="loading validation cases")
+        channels, size = train.images.shape[1], tuple(train.images.shape[2:])
         mean, std = channel_stats(train.images)
         self.run_info = {
             "medsight_version": medsight.__version__, "recipe": self.kind, "finished": False,
@@ -148,6 +150,10 @@ class Recipe:
         self.model.to(self.device)
         self.finish(run_dir, history, val, time.perf_counter() - started)
         return self.run_info
+
+    def preprocess(self, channels: int | None):
+        data = self.cfg.data
+        return make_preprocess(data.preprocess, data.image_size, channels, **data.preprocess_options)
 
     def optimizer(self, params):
         t = self.cfg.train
@@ -216,8 +222,8 @@ class Recipe:
 
     @torch.no_grad()
     def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
-        loaded, rejected = load_samples(dataset.samples, tuple(self.run_info["image_size"]),
-                                        self.run_info["in_channels"], None, need_masks, skip_bad=True,
+        loaded, rejected = load_samples(dataset.samples, self.preprocess(self.run_info["in_channels"]),
+                                        None, need_masks, skip_bad=True,
                                         console=self.console, description="loading cases")
         self.model.eval()
         outputs = [self.forward(batch["x"].to(self.device)).float().cpu()
