@@ -96,3 +96,15 @@ def test_split_samples_respects_official_split_and_heldout_fold():
     cv = split_samples(samples, [i % 2 for i in range(20)], 0.25, folds=4, fold=1)
     ids = [s.id for part in cv.values() for s in part]
     assert sorted(ids) == sorted(s.id for s in samples) and len(cv["heldout"]) == 5
+
+
+def test_augment_volumes():
+    g = torch.Generator().manual_seed(1)
+    volumes = torch.zeros(8, 1, 6, 16, 16)
+    volumes[:, :, 0:2, 1:5, 2:9] = 1.0
+    cfg = AugmentConfig(hflip=True, vflip=True, zflip=True, rot90=True, brightness=0.1, contrast=0.1)
+    out, masks = augment_batch(volumes, volumes.clone(), cfg, g)
+    assert out.shape == volumes.shape and masks.sum() == volumes.sum()
+    assert torch.equal(masks > 0.5, out > out.flatten(1).median(1).values.view(-1, 1, 1, 1, 1))
+    with pytest.raises(ConfigError, match="2D only"):
+        augment_batch(volumes, None, AugmentConfig(rotate=10), g)

@@ -42,7 +42,8 @@ class ModelConfig(Section):
 class AugmentConfig(Section):
     hflip: bool = True
     vflip: bool = True
-    rot90: bool = True  # multiples of 90 degrees; square inputs only
+    rot90: bool = True  # multiples of 90 degrees in the (H, W) plane; square inputs only
+    zflip: bool = False  # flip the depth axis of volumes
     rotate: float = Field(0.0, ge=0, le=180)  # extra random rotation, degrees
     scale: tuple[float, float] = (1.0, 1.0)  # random zoom range
     brightness: float = Field(0.0, ge=0, le=1)

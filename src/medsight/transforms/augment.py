@@ -1,4 +1,4 @@
-"""Batch augmentation in torch for 2D images and their masks, driven by an explicit generator.
+"""Batch augmentation in torch for 2D images, 3D volumes and their masks, driven by an explicit generator.
 
 Every random choice comes from the ``torch.Generator`` passed in, so a seeded epoch replays exactly.
 """
@@ -10,14 +10,19 @@ import math
 import torch
 import torch.nn.functional as F
 
+from medsight.errors import ConfigError
+
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generator: torch.Generator):
-    """Randomly flip, rotate, zoom and jitter ``images`` (B, C, H, W float) and ``masks`` (B, 1, H, W).
+    """Randomly flip, rotate, zoom and jitter ``images`` (B, C, *spatial float) and ``masks`` (B, 1, *spatial).
 
     ``cfg`` is an :class:`medsight.config.AugmentConfig`. Masks follow the geometry (nearest
-    neighbour) and skip the intensity changes.
+    neighbour) and skip the intensity changes. Volumes (3 spatial axes) take flips, ``zflip`` and
+    quarter turns in the (H, W) plane; free rotation and zoom are 2D only.
     """
     b = images.shape[0]
+    volumetric = images.ndim == 5
+    intensity_dims = tuple(range(1, images.ndim))
 
     def coin(p=0.5):
         return torch.rand(b, generator=generator) < p
@@ -35,12 +40,17 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generat
     if cfg.vflip:
         flip = coin()
         images, masks = (per_sample(lambda t: t.flip(-2), flip, t) for t in (images, masks))
+    if cfg.zflip and volumetric:
+        flip = coin()
+        images, masks = (per_sample(lambda t: t.flip(-3), flip, t) for t in (images, masks))
     if cfg.rot90 and images.shape[-1] == images.shape[-2]:
         k = torch.randint(0, 4, (b,), generator=generator)
         for turns in (1, 2, 3):
             images, masks = (per_sample(lambda t: torch.rot90(t, turns, (-2, -1)), k == turns, t)
                              for t in (images, masks))
     lo, hi = cfg.scale
+    if (cfg.rotate > 0 or (lo, hi) != (1.0, 1.0)) and volumetric:
+        raise ConfigError("augment.rotate and augment.scale are 2D only; use flips and rot90 for volumes")
     if cfg.rotate > 0 or (lo, hi) != (1.0, 1.0):
         angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(cfg.rotate)
         zoom = lo + torch.rand(b, generator=generator) * (hi - lo)
@@ -54,9 +64,11 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generat
                                   align_corners=False)
     if cfg.brightness > 0:
         shift = (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg.brightness
-        images = images + shift.to(images) * images.std(dim=(1, 2, 3), keepdim=True)
+        shift = shift.view(b, *(1,) * (images.ndim - 1))
+        images = images + shift.to(images) * images.std(dim=intensity_dims, keepdim=True)
     if cfg.contrast > 0:
         factor = 1 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * cfg.contrast
-        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        factor = factor.view(b, *(1,) * (images.ndim - 1))
+        mean = images.mean(dim=intensity_dims, keepdim=True)
         images = (images - mean) * factor.to(images) + mean
     return images, masks
