@@ -108,3 +108,14 @@ def test_augment_volumes():
     assert torch.equal(masks > 0.5, out > out.flatten(1).median(1).values.view(-1, 1, 1, 1, 1))
     with pytest.raises(ConfigError, match="2D only"):
         augment_batch(volumes, None, AugmentConfig(rotate=10), g)
+
+
+def test_multiview_shares_one_backbone_and_averages_views():
+    model = create_model("multiview", in_channels=9, num_classes=2, views=9, backbone="resnet18", width=8).eval()
+    x = torch.randn(2, 9, 32, 32)
+    per_view = torch.stack([model.backbone(x[:, v:v + 1]) for v in range(9)], 1).mean(1)
+    assert torch.allclose(model(x), per_view, atol=1e-5)
+    single = create_model("resnet18", in_channels=1, num_classes=2, width=8)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in single.parameters())
+    with pytest.raises(ConfigError, match="multiple of views"):
+        create_model("multiview", in_channels=10, views=9)

@@ -151,6 +151,10 @@ class Recipe:
         self.finish(run_dir, history, val, time.perf_counter() - started)
         return self.run_info
 
+    def model_options(self) -> dict:
+        """model.options, with spatial_dims following the data (2 for images, 3 for volumes) unless set."""
+        return {"spatial_dims": len(self.run_info["image_size"]), **self.cfg.model.options}
+
     def preprocess(self, channels: int | None):
         data = self.cfg.data
         return make_preprocess(data.preprocess, data.image_size, channels, **data.preprocess_options)

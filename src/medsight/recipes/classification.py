@@ -56,8 +56,8 @@ class ClassificationRecipe(Recipe):
         return [s for s in dataset.samples if s.diagnosis is not None and s.split != "test"]
 
     def build_model(self, in_channels: int):
-        cfg = self.cfg.model
-        return create_model(cfg.name, in_channels=in_channels, num_classes=len(self.task.classes), **cfg.options)
+        return create_model(self.cfg.model.name, in_channels=in_channels, num_classes=len(self.task.classes),
+                            **self.model_options())
 
     def training_module(self, model, train: Loaded):
         weight = None
