@@ -119,3 +119,26 @@ def test_multiview_shares_one_backbone_and_averages_views():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in single.parameters())
     with pytest.raises(ConfigError, match="multiple of views"):
         create_model("multiview", in_channels=10, views=9)
+
+
+def test_repeated_kfold_and_hidden_labels():
+    from medsight.data.splits import hide_labels, repeated_kfold
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(100), 2)
+    labels = np.repeat(rng.integers(0, 2, 100), 2)
+    runs = repeated_kfold(labels, groups, 5, repeats=3, seed=0)
+    assert len(runs) == 15
+    first = [t for r, _, t in runs if r == 0]
+    second = [t for r, _, t in runs if r == 1]
+    assert sorted(np.concatenate(first).tolist()) == list(range(200))
+    assert any(not np.array_equal(a, b) for a, b in zip(first, second))  # reshuffled
+
+    hidden = hide_labels(labels, groups, 0.2, seed=0)
+    kept = hidden != -1
+    assert np.array_equal(hidden[kept], labels[kept])
+    assert abs(kept.mean() - 0.2) < 0.03
+    for cls in (0, 1):  # stratified: about 20 % of each class keeps its label
+        assert abs(kept[labels == cls].mean() - 0.2) < 0.05
+    for g in range(100):  # whole patients
+        assert kept[groups == g].all() or not kept[groups == g].any()

@@ -60,3 +60,32 @@ def split_samples(samples, labels, val_fraction: float, seed: int = 0, folds: in
     out["train"] = [samples[rest[i]] for i in train]
     out["val"] = [samples[rest[i]] for i in val]
     return out
+
+
+def repeated_kfold(labels, groups, folds: int, repeats: int, seed: int = 0) -> list[tuple[int, int, np.ndarray]]:
+    """``(repeat, fold, test indices)`` for ``repeats`` differently shuffled k-fold partitions."""
+    return [(r, k, test) for r in range(repeats)
+            for k, test in enumerate(kfold_indices(labels, groups, folds, seed + r))]
+
+
+def hide_labels(labels, groups, labelled_fraction: float, seed: int = 0) -> np.ndarray:
+    """A copy of ``labels`` where all but about ``labelled_fraction`` of the patients are marked
+    unlabelled (-1, scikit-learn's convention), stratified by label, whole patients at a time."""
+    if not 0 < labelled_fraction <= 1:
+        raise MedsightError(f"labelled fraction must be in (0, 1], got {labelled_fraction}")
+    labels = np.asarray(labels).copy()
+    if labelled_fraction == 1:
+        return labels
+    rng = np.random.default_rng(seed)
+    groups = np.asarray(groups)
+    keep = np.zeros(len(labels), dtype=bool)
+    patient_label = {}
+    for g, y in zip(groups, labels):  # a patient's class: the largest label among their cases
+        patient_label[g] = max(patient_label.get(g, y), y)
+    for cls in sorted(set(patient_label.values())):
+        patients = np.array(sorted(g for g, y in patient_label.items() if y == cls))
+        rng.shuffle(patients)
+        chosen = patients[:max(1, int(round(labelled_fraction * len(patients))))]
+        keep |= np.isin(groups, chosen)
+    labels[~keep] = -1
+    return labels
