@@ -141,3 +141,13 @@ def test_recipe_resume_matches_uninterrupted_run(tmp_path):
     assert strip(full) == strip(cut) and len(full) == 5
     a, b = load_file(tmp_path / "full" / BEST_WEIGHTS), load_file(tmp_path / "cut" / BEST_WEIGHTS)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ties_on_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path):
+    trainer = Trainer(tmp_path, 1, lambda p: torch.optim.SGD(p, lr=0.1), monitor="AUC", mode="max")
+    state = {"best_value": 1.0, "best_loss": 0.5}
+    assert trainer._better({"AUC": 1.0, "val_loss": 0.3}, state)
+    assert not trainer._better({"AUC": 1.0, "val_loss": 0.6}, state)
+    assert not trainer._better({"AUC": 0.99, "val_loss": 0.1}, state)
+    assert trainer._better({"AUC": 0.5, "val_loss": 9.0}, {"best_value": None})
+    assert not trainer._better({"AUC": float("nan"), "val_loss": 0.1}, state)

@@ -96,12 +96,16 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _better(self, value: float, best: float | None) -> bool:
+    def _better(self, record: dict, state: dict) -> bool:
+        """Whether this epoch beats the best so far. Ties on the monitored metric (common with a
+        small validation set, where AUC sits at 1.0 for many epochs) go to the lower validation loss."""
+        value, best = record.get(self.monitor), state["best_value"]
         if value is None or math.isnan(value):
             return False
-        if best is None:
-            return True
-        return value > best if self.mode == "max" else value < best
+        if best is None or value != best:
+            return best is None or (value > best if self.mode == "max" else value < best)
+        loss, best_loss = record.get("val_loss"), state.get("best_loss")
+        return loss is not None and best_loss is not None and loss < best_loss
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, module: TrainingModule, train_batches: Callable[[int], Iterable],
@@ -138,8 +142,8 @@ class Trainer:
             if value is None:
                 raise MedsightError(f"early_stopping.metric: {self.monitor!r} is not a validation metric; "
                                     f"available: {', '.join(sorted(metrics))}")
-            if self._better(value, state["best_value"]):
-                state.update(best_value=value, best_epoch=epoch, bad_epochs=0)
+            if self._better(record, state):
+                state.update(best_value=value, best_loss=record.get("val_loss"), best_epoch=epoch, bad_epochs=0)
                 save_weights(model.state_dict(), self.run_dir / BEST_WEIGHTS)
             else:
                 state["bad_epochs"] += 1
