@@ -26,15 +26,16 @@ def run(*args: str) -> None:
         sys.exit(code)
 
 
-def plan(data: Path | None, out: Path) -> tuple[list[tuple[str, str, list[str]]], Path, list[str]]:
-    """(name, config, extra train args) per model, the evaluation input and its extra args."""
+def plan(data: Path | None, out: Path) -> tuple[list[tuple[str, str, list[str]]], Path, list[str], str]:
+    """(name, config, extra train args) per model, the evaluation input, its extra args, and a
+    sentence saying which cases are held out."""
     if data is None:
         from medsight.data.synthetic import make_dermoscopy, write_folder
 
         heldout = out / "heldout_cases"
         write_folder(make_dermoscopy(n=60, size=128, seed=12345), heldout)
         return ([("segmentation", "demo_unet.yaml", []), ("classification", "demo_resnet.yaml", [])],
-                heldout, [])
+                heldout, [], f"{heldout} (60 synthetic cases of another seed)")
     from medsight.data import detect_format
 
     fmt = detect_format(data)
@@ -43,11 +44,11 @@ def plan(data: Path | None, out: Path) -> tuple[list[tuple[str, str, list[str]]]
         folds = ["--set", "data.folds=5", "--set", "data.fold=0"]
         return ([("segmentation", "ph2_unet.yaml", base + folds + ["--epochs", "40"]),
                  ("classification", "ph2_resnet.yaml", base + folds + ["--epochs", "40"])],
-                data, ["--split", "heldout"])
+                data, ["--split", "heldout"], f"fold 0 of a patient-level 5-fold split of {data}")
     if fmt == "isic2017":
         return ([("classification", "ph2_resnet.yaml",
                   base + ["--epochs", "8", "--set", "data.format=isic2017", "--set", "data.task=melanoma"])],
-                data, ["--split", "val"])
+                data, ["--split", "val"], f"the official validation set of {data}")
     sys.exit(f"{data}: the demo runs on PH2 or ISIC-2017 folders (found the {fmt} layout)")
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     out = args.out / datetime.datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     start = time.perf_counter()
-    models, heldout, eval_args = plan(args.data, out)
+    models, heldout, eval_args, heldout_text = plan(args.data, out)
     made = []
     for name, config, extra in models:
         run_dir, pred_dir = out / name, out / f"{name}_predictions"
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
             heldout_overlays(heldout, pred_dir, run_dir)
         made.append((name, run_dir, pred_dir))
     run("report", *[str(d) for _, d, _ in made], "--out", str(out / "report.html"))
-    write_summary(out, made, heldout, time.perf_counter() - start)
+    write_summary(out, made, heldout_text, time.perf_counter() - start)
 
 
 def heldout_overlays(heldout: Path, pred_dir: Path, run_dir: Path, count: int = 8) -> None:
@@ -85,8 +86,8 @@ def heldout_overlays(heldout: Path, pred_dir: Path, run_dir: Path, count: int = 
                   [s.load_mask() for s in cases], [s.id for s in cases], run_dir / "heldout_overlays.png")
 
 
-def write_summary(out: Path, made, heldout: Path, seconds: float) -> None:
-    lines = [f"# medsight demo ({seconds / 60:.1f} min)", "", f"Held-out cases: `{heldout}`", ""]
+def write_summary(out: Path, made, heldout_text: str, seconds: float) -> None:
+    lines = [f"# medsight demo ({seconds / 60:.1f} min)", "", f"Held-out cases: {heldout_text}", ""]
     for name, run_dir, pred_dir in made:
         result = json.loads((run_dir / "evaluation_heldout.json").read_text())
         shown = ", ".join(f"{k} {v * 100:.1f}" for k, v in result["metrics"].items()

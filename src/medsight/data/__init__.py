@@ -14,17 +14,22 @@ from medsight.data.base import UNLABELLED, Dataset, Sample, Task
 from medsight.errors import InputError, MedsightError
 
 # format name -> "module:function"; each function takes (root: Path, **options) -> Dataset,
-# and each module has ``detect(root: Path) -> bool``. Listed by hand, in detection order.
+# and each module has ``detect_<format>(root: Path) -> bool`` ("-" in a format name becomes "_").
+# Listed by hand, in detection order.
 READERS: dict[str, str] = {
     "ph2": "medsight.data.ph2:read_ph2",
     "isic2017": "medsight.data.isic:read_isic2017",
     "isic2018": "medsight.data.isic:read_isic2018",
     "medmnist": "medsight.data.medmnist:read_medmnist",
+    "lidc-voi": "medsight.data.lidc_voi:read_lidc_voi",
+    "lidc": "medsight.data.lidc:read_lidc",
+    "luna": "medsight.data.luna:read_luna",
     "folder": "medsight.data.folder:read_folder",
     "images": "medsight.data.folder:read_images",
     "synthetic": "medsight.data.synthetic:read_synthetic",  # generated, never detected from a path
 }
-ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018"}
+ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018", "lidc_voi": "lidc-voi", "lidc-idri": "lidc",
+           "luna16": "luna", "tianchi": "luna"}
 
 
 def _resolve(spec: str) -> Callable:
@@ -34,7 +39,7 @@ def _resolve(spec: str) -> Callable:
 
 def _detector(fmt: str) -> Callable[[Path], bool]:
     module = READERS[fmt].split(":")[0]
-    return getattr(importlib.import_module(module), "detect_" + fmt)
+    return getattr(importlib.import_module(module), "detect_" + fmt.replace("-", "_"))
 
 
 def detect_format(path: str | Path) -> str:
@@ -78,20 +83,37 @@ def validate(dataset: Dataset, task: Task | None = None) -> list[InputError]:
     return problems
 
 
+def _dims(shape) -> str:
+    return "x".join(str(n) for n in shape)
+
+
 def check_sample(sample: Sample, task: Task | None = None):
-    """The problems of one sample (empty when it is usable), loading its image and mask."""
+    """The problems of one sample (empty when it is usable), loading its image and mask.
+
+    2D: image ``(C, H, W)`` with 1 or 3 channels and mask ``(H, W)``; volumes: image ``(1, D, H, W)``
+    and mask ``(D, H, W)``."""
     try:
         image = sample.load_image()
-        if image.ndim != 3 or image.shape[0] not in (1, 3):
-            return [InputError(sample.source, f"image has shape {image.shape}, expected (C, H, W) with 1 or 3 channels")]
+        volume = image.ndim == 4
+        if volume and image.shape[0] != 1:
+            return [InputError(sample.source, f"volume has shape {image.shape}, expected (1, D, H, W)")]
+        if not volume and (image.ndim != 3 or image.shape[0] not in (1, 3)):
+            return [InputError(sample.source, f"image has shape {image.shape}, expected (C, H, W) with 1 or 3 "
+                                              "channels, or a volume (1, D, H, W)")]
         mask = sample.load_mask()
     except InputError as exc:
         return [exc]
     problems = []
     if mask is not None and mask.shape != image.shape[1:]:
         where = sample.mask if not hasattr(sample.mask, "shape") else sample.source
-        problems.append(InputError(where, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                                          f"{sample.id} is {image.shape[2]}x{image.shape[1]}"))
+        if volume:
+            problems.append(InputError(where, f"mask is {_dims(mask.shape)} but its volume {sample.id} is "
+                                              f"{_dims(image.shape[1:])} (D x H x W)"))
+        else:
+            problems.append(InputError(where, f"mask is {_dims(mask.shape[::-1])} but its image {sample.id} is "
+                                              f"{image.shape[2]}x{image.shape[1]}"))
+    if volume and sample.spacing is not None and len(sample.spacing) != 3:
+        problems.append(InputError(sample.source, f"spacing {sample.spacing} should give 3 values (z, y, x) in mm"))
     if task is not None and sample.diagnosis is not None and sample.diagnosis not in task.mapping:
         problems.append(InputError(sample.source, f"label {sample.diagnosis!r} is not a class of task "
                                                   f"{task.name!r} ({', '.join(task.mapping)})"))

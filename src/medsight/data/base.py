@@ -105,6 +105,9 @@ class Dataset:
     classes: tuple[str, ...]  # dataset classes (values of Sample.diagnosis)
     tasks: dict[str, Task]
     default_task: str | None = None
+    # cases the layout holds but the reader left out on purpose, id -> reason (a label rule that
+    # excludes them, a CT series not downloaded, ...): counted and reported, never silently dropped
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -121,4 +124,4 @@ class Dataset:
 
     def subset(self, split: str) -> "Dataset":
         return Dataset(self.name, self.root, [s for s in self.samples if s.split == split],
-                       self.classes, self.tasks, self.default_task)
+                       self.classes, self.tasks, self.default_task, dict(self.excluded))
