@@ -48,7 +48,7 @@ __all__ = ["VIEW_NAMES", "PATCH_TYPES", "SCALINGS", "nine_view_planes", "extract
 
 
 def nine_view_planes() -> np.ndarray:
-    """The 9 planes as (9, 2, 3) float64: ``planes[k] = (u, v)``, orthonormal, in (z, y, x); order of :data:`VIEW_NAMES`."""
+    """The 9 planes, (9, 2, 3) float64: ``planes[k] = (u, v)`` orthonormal in (z, y, x), in :data:`VIEW_NAMES` order."""
     z, y, x = np.eye(3)
     r = 1.0 / math.sqrt(2.0)
     return np.array([

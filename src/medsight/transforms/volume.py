@@ -20,7 +20,10 @@ more faithfully when upsampling, and matches how 2D masks are resized in
 :mod:`medsight.transforms.preprocess`. Pass ``order=0`` to the plain functions for nearest neighbour.
 
 MONAI's ``Spacing`` / ``SpatialCrop`` / ``SpatialPad`` / ``Affine`` do these steps separately on
-affine-carrying MetaTensors; the single map_coordinates pass here is shorter and no slower.
+affine-carrying MetaTensors, and are slower: resampling a 200 x 512 x 512 CT from (1.25, 0.7, 0.7)
+to 1 mm took 5.8 s with ``Spacing``, 1.0 s with ``scipy.ndimage.zoom`` and 0.37 s with torch's
+trilinear interpolation, which :func:`resample` uses (2-core CPU); a 48 mm crop resampled to 48^3
+from that CT takes 10 ms, the 9 views at 224 x 224 0.2 s.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from medsight.errors import MedsightError
@@ -43,8 +48,7 @@ __all__ = [
 
 def _triple(value, name: str) -> np.ndarray:
     """A scalar or 3 numbers -> float64 array of 3, all > 0."""
-    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,)).copy() if np.ndim(value) == 0 \
-        else np.asarray(value, dtype=np.float64)
+    arr = np.full(3, value, dtype=np.float64) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64)
     if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise MedsightError(f"{name} must be a positive number or 3 positive numbers (z, y, x), got {value!r}")
     return arr
@@ -73,8 +77,10 @@ def resample(volume: np.ndarray, spacing: Sequence[float], new_spacing, order: i
 
     The output has ``round(shape * spacing / new_spacing)`` voxels per axis (at least 1) and covers
     the same physical extent as the input, so the spacing achieved is ``spacing * shape / new_shape``
-    (equal to ``new_spacing`` whenever the extent is a multiple of it). ``order`` is the spline order
-    (1 = trilinear). The result is float32, except with ``order=0``, which keeps the input dtype.
+    (equal to ``new_spacing`` whenever the extent is a multiple of it). ``order`` is the spline order:
+    1 (trilinear, through ``torch.nn.functional.interpolate``), 0 or 3 (``scipy.ndimage.zoom``),
+    all with voxels as cells (no half-voxel drift) and the edge replicated. The result is float32,
+    except with ``order=0``, which keeps the input dtype.
     ``new_spacing`` may be one number (isotropic).
     """
     volume = _check_volume(volume)
@@ -84,6 +90,10 @@ def resample(volume: np.ndarray, spacing: Sequence[float], new_spacing, order: i
     achieved = tuple(float(s) for s in spacing * shape / new_shape)
     if np.array_equal(new_shape, shape):
         return (volume.copy() if order == 0 else volume.astype(np.float32)), achieved
+    if order == 1:  # torch's trilinear is the same map (align_corners=False), multi-threaded, ~3x faster
+        src = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+        out = F.interpolate(src, size=tuple(int(n) for n in new_shape), mode="trilinear", align_corners=False)
+        return out[0, 0].numpy(), achieved
     src = volume if order == 0 else volume.astype(np.float32, copy=False)
     # grid_mode: voxels are cells, the outer faces of the volume stay in place (no half-voxel drift)
     out = ndi.zoom(src, new_shape / shape, order=order, mode="nearest", grid_mode=True)
@@ -92,7 +102,14 @@ def resample(volume: np.ndarray, spacing: Sequence[float], new_spacing, order: i
 
 def resample_mask(mask: np.ndarray, spacing: Sequence[float], new_spacing
                   ) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """:func:`resample` for a 0/1 mask: trilinear on the 0/1 field, then ``>= 0.5``; returns (uint8 mask, spacing)."""
+    """:func:`resample` for a 0/1 mask: trilinear on the 0/1 field, then ``>= 0.5``; returns (uint8 mask, spacing).
+
+    ``>=`` keeps a sample that lies exactly halfway between inside and outside voxels, so a
+    one-voxel-thin structure survives downsampling by 2. The price: at even downsampling factors
+    every new voxel centre lies halfway between old ones and the mask grows by those ties (about
+    +4 % in volume for a 9 mm sphere at 2x); at other factors the volume is kept within 1-2 %.
+    For nearest neighbour use ``resample(mask, ..., order=0)``.
+    """
     mask = _check_mask(mask)
     out, achieved = resample((mask > 0).astype(np.float32), spacing, new_spacing, order=1)
     return (out >= 0.5).astype(np.uint8), achieved
@@ -159,45 +176,71 @@ def sample(volume: np.ndarray, coords: np.ndarray, order: int = 1, pad_value: fl
     return values.astype(dtype, copy=False).reshape(out_shape)
 
 
+def _fits(value, dtype) -> bool:
+    """Whether ``value`` is exactly representable in ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return value in (0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
+
+
 def crop_centered(volume: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequence[float],
                   out_shape: Sequence[int] | int | None = None, pad_value: float | None = AIR_HU,
                   order: int = 1) -> np.ndarray:
-    """A box of ``size_mm`` (one number or (z, y, x) mm) centred on ``centre`` (voxel (z, y, x)).
+    """A box of ``size_mm`` (one number or (z, y, x) mm) around ``centre`` (voxel (z, y, x)).
 
-    With ``out_shape`` None the box keeps the input's voxel grid: ``round(size_mm / spacing)`` voxels
-    per axis (at least 1) at the input spacing, so with an integer centre and an odd size nothing is
-    interpolated. With ``out_shape`` the box is exactly ``size_mm`` wide, cut into ``out_shape`` cells
-    sampled at their centres (output spacing ``size_mm / out_shape``): crop, resampling and padding in
-    one interpolation. Either way the grid is symmetric about ``centre``, so for an odd size the middle
-    voxel lies on ``centre``. Outside the volume: ``pad_value`` (air by default).
+    With ``out_shape`` None the box is cut from the input's own voxel grid, without interpolation:
+    ``n = round(size_mm / spacing)`` voxels per axis (at least 1), the voxel nearest ``centre`` at
+    index ``n // 2`` (so the box is off-centre by up to half a voxel), the input dtype kept.
+    With ``out_shape`` the box is exactly ``size_mm`` wide and centred on ``centre``, cut into
+    ``out_shape`` cells sampled at their centres (output spacing ``size_mm / out_shape``): crop,
+    resampling and padding in one interpolation of spline ``order`` (1 trilinear, float32 result;
+    0 nearest, input dtype); for an odd size the middle voxel lies on ``centre``.
+    Outside the volume: ``pad_value`` (air by default; ``None`` replicates the edge voxels).
 
-    ``order`` is the spline order (1 trilinear; 0 nearest, which keeps the input dtype, else float32).
-    For masks use :func:`crop_centered_mask`, or ``order=0, pad_value=0`` for nearest neighbour.
+    For masks use :func:`crop_centered_mask` (or ``pad_value=0`` and ``order=0`` here).
     """
     volume = _check_volume(volume)
     spacing, size_mm = _triple(spacing, "spacing"), _triple(size_mm, "size_mm")
     centre = np.asarray(centre, dtype=np.float64)
-    if centre.shape != (3,):
+    if centre.shape != (3,) or not np.all(np.isfinite(centre)):
         raise MedsightError(f"centre must be a voxel coordinate (z, y, x), got {centre!r}")
     if out_shape is None:
         n = np.maximum(1, np.round(size_mm / spacing)).astype(int)
-        step = np.ones(3)  # in voxels
-    else:
-        n = np.broadcast_to(np.asarray(out_shape, dtype=int), (3,))
-        if np.any(n < 1):
-            raise MedsightError(f"out_shape must be positive, got {out_shape!r}")
-        step = size_mm / n / spacing
+        start = (np.floor(centre + 0.5) - n // 2).astype(int)  # nearest voxel at n // 2
+        index = [start[a] + np.arange(n[a]) for a in range(3)]
+        if pad_value is None:
+            return volume[np.ix_(*[np.clip(i, 0, m - 1) for i, m in zip(index, volume.shape)])].copy()
+        dtype = volume.dtype if _fits(pad_value, volume.dtype) else np.float32
+        out = np.full(tuple(n), pad_value, dtype=dtype)
+        valid = [(i >= 0) & (i < m) for i, m in zip(index, volume.shape)]
+        if all(v.any() for v in valid):
+            out[np.ix_(*valid)] = volume[np.ix_(*[i[v] for i, v in zip(index, valid)])]
+        return out
+    n = np.broadcast_to(np.asarray(out_shape, dtype=int), (3,))
+    if np.any(n < 1):
+        raise MedsightError(f"out_shape must be positive, got {out_shape!r}")
+    step = size_mm / n / spacing  # in voxels
     axes = [centre[a] + (np.arange(n[a]) - (n[a] - 1) / 2.0) * step[a] for a in range(3)]
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    dtype = volume.dtype if order == 0 else np.float32
+    dtype = volume.dtype if order == 0 and (pad_value is None or _fits(pad_value, volume.dtype)) else np.float32
     return sample(volume, coords, order=order, pad_value=pad_value, dtype=dtype)
 
 
 def crop_centered_mask(mask: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequence[float],
                        out_shape: Sequence[int] | int | None = None) -> np.ndarray:
-    """:func:`crop_centered` for a 0/1 mask on the same grid: linear then ``>= 0.5``, padded with 0; uint8."""
-    mask = _check_mask(mask)
-    crop = crop_centered((mask > 0).astype(np.float32), centre, size_mm, spacing, out_shape, pad_value=0.0)
+    """:func:`crop_centered` for a 0/1 mask on the same grid, padded with 0 -> uint8 0/1.
+
+    On the native grid (``out_shape`` None) the voxels are copied; resampled, the 0/1 field is
+    interpolated linearly and thresholded at 0.5.
+    """
+    mask = (_check_mask(mask) > 0).view(np.uint8)
+    if out_shape is None:
+        return crop_centered(mask, centre, size_mm, spacing, pad_value=0)
+    crop = crop_centered(mask.astype(np.float32), centre, size_mm, spacing, out_shape, pad_value=0.0)
     return (crop >= 0.5).astype(np.uint8)
 
 
@@ -205,7 +248,7 @@ def crop_centered_mask(mask: np.ndarray, centre: Sequence[float], size_mm, spaci
 
 
 def mask_centre(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
-    """Centroid (z, y, x) of the voxels with ``mask > 0``: voxel coordinates, or mm from voxel 0 if ``spacing`` is given."""
+    """Centroid (z, y, x) of the voxels with ``mask > 0``: voxel coordinates, or mm from voxel 0 with ``spacing``."""
     mask = _check_mask(mask) > 0
     total = mask.sum()
     if total == 0:
@@ -261,7 +304,8 @@ def augment_volume(volume: np.ndarray, mask: np.ndarray | None, rng: np.random.G
     (rotation up to 180 degrees, 10 % shift, flips) plus small tilts; no zoom by default, since
     nodule size is diagnostic. Flips, rotation, shift and zoom are one interpolation: trilinear
     for the volume (float32), linear then ``>= 0.5`` for the mask (uint8). Regions brought in from
-    outside take ``pad_value`` (air; ``None`` replicates the edge) and 0 in the mask.
+    outside take ``pad_value`` (air; ``None`` replicates the edge) and 0 in the mask. Meant for
+    nodule crops: it builds the full coordinate grid (24 bytes per voxel).
     """
     volume = _check_volume(volume)
     if mask is not None:
