@@ -231,8 +231,13 @@ def dicom_series_info(folder: str | Path) -> DicomSeries:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "DICOM series folder not found")
+    return _dicom_series_cached(str(folder.resolve()), folder_stamp(folder))
+
+
+def folder_stamp(folder: Path) -> tuple:
+    """Changes when files are added to, removed from or replaced in ``folder`` (a cache key)."""
     stat = folder.stat()
-    return _dicom_series_cached(str(folder.resolve()), (stat.st_mtime_ns, stat.st_size))
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _scan_dicom_series(folder: Path) -> DicomSeries:

@@ -14,6 +14,8 @@ from PIL import Image
 
 from medsight.data.base import Sample
 from medsight.errors import ConfigError, MedsightError
+from medsight.transforms.views import PATCH_TYPES, nodule_views
+from medsight.transforms.volume import crop_centered, crop_centered_mask, mask_centre, normalise_hu
 
 Preprocess = Callable[[np.ndarray, "np.ndarray | None", Sample], tuple[np.ndarray, "np.ndarray | None"]]
 
@@ -58,7 +60,68 @@ def resize(size: tuple[int, ...], channels: int | None) -> Preprocess:
     return apply
 
 
-PREPROCESSORS: dict[str, Callable[..., Preprocess]] = {"resize": resize}
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> 0..255 uint8 (how every preprocessor stores its output)."""
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def _nodule(image, mask, sample):
+    """The CT volume (D, H, W), the nodule mask and its voxel centre; the mask is the nodule's own
+    annotation (read here even when the recipe does not need masks as targets)."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise MedsightError(f"{sample.source}: expected a CT volume (1, D, H, W), got shape {image.shape}")
+    if sample.spacing is None:
+        raise MedsightError(f"{sample.source}: the volume has no voxel spacing")
+    nodule = mask if mask is not None else sample.load_mask()
+    if nodule is None or not nodule.any():
+        raise MedsightError(f"{sample.source}: no nodule mask to centre the crop on")
+    return image[0], nodule, mask_centre(nodule)
+
+
+def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=(32.0, 32.0, 32.0),
+                hu_window=(-1000.0, 400.0)) -> Preprocess:
+    """A box of ``size_mm`` (z, y, x) around the nodule mask's centroid, resampled to ``size`` (D, H, W)
+    voxels in one trilinear interpolation (air beyond the volume), HU clipped to ``hu_window`` and
+    scaled to [0, 1]. A fixed physical size keeps nodule size visible to the network."""
+    if len(size) != 3:
+        raise ConfigError(f"data.image_size: nodule_crop takes (depth, height, width), got {list(size)}")
+    lo, hi = hu_window
+
+    def apply(image, mask, sample):
+        volume, nodule, centre = _nodule(image, mask, sample)
+        box = crop_centered(volume, centre, size_mm, sample.spacing, out_shape=size)
+        out_mask = None if mask is None else crop_centered_mask(mask, centre, size_mm, sample.spacing, out_shape=size)
+        return _to_uint8(normalise_hu(box, lo, hi))[None], out_mask
+
+    return apply
+
+
+def nodule_views_pre(size: tuple[int, ...], channels: int | None, patches=("OA",), size_mm: float | None = None,
+                     size_factor: float = 1.5, min_size_mm: float = 16.0, scaling: str = "minmax") -> Preprocess:
+    """The 9 planar views of methods.md through the nodule centre, each as the chosen patch types
+    (OA, HVV, HS), stacked view-major along the channel axis: ``(9 * len(patches), S, S)``.
+
+    The patch width is ``size_mm`` or ``max(size_factor x equivalent diameter, min_size_mm)``;
+    1.5 rather than the views module's 2.0 because the shared LIDC VOIs are cut tight around the
+    nodule and a wider patch mostly shows padding."""
+    if len(size) != 2 or size[0] != size[1]:
+        raise ConfigError(f"data.image_size: nodule_views takes a square (S, S), got {list(size)}")
+    chosen = [PATCH_TYPES.index(p) for p in patches] if set(patches) <= set(PATCH_TYPES) else None
+    if not chosen:
+        raise ConfigError(f"data.preprocess_options.patches: choose from {PATCH_TYPES}, got {list(patches)}")
+
+    def apply(image, mask, sample):
+        volume, nodule, centre = _nodule(image, mask, sample)
+        views = nodule_views(volume, nodule, sample.spacing, centre, size_mm, size[0], scaling=scaling,
+                             size_factor=size_factor, min_size_mm=min_size_mm)
+        return _to_uint8(views[:, chosen].reshape(-1, size[0], size[1])), None
+
+    return apply
+
+
+PREPROCESSORS: dict[str, Callable[..., Preprocess]] = {
+    "resize": resize, "nodule_crop": nodule_crop, "nodule_views": nodule_views_pre,
+}
 
 
 def make_preprocess(name: str, size: tuple[int, ...], channels: int | None = None, **options) -> Preprocess:
