@@ -12,10 +12,7 @@ on colour histograms for melanoma classification. Finished folds are reused when
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,37 +22,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cv_common import ROOT, folds_of, run_fold
 from medsight.data import open_dataset
-from medsight.data.splits import kfold_indices
 from medsight.metrics import binary_metrics, format_table, segmentation_metrics, summarize_repeats
 
-ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
-
-
-def run_recipe(config: str, data: Path, out: Path, fold: int) -> dict:
-    run_dir = out / Path(config).stem / f"fold{fold}"
-    result_file = run_dir / "heldout.json"
-    if not result_file.is_file():
-        if not (run_dir / "model.safetensors").is_file() or not json.loads((run_dir / "run.json").read_text())["finished"]:
-            subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
-                            "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={FOLDS}",
-                            "--set", f"data.fold={fold}"], check=True)
-        subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
-                        "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
-        info = json.loads((run_dir / "run.json").read_text())
-        result = json.loads(result_file.read_text())
-        result["train_seconds"], result["epochs_run"] = info["train_seconds"], info["epochs_run"]
-        result_file.write_text(json.dumps(result, indent=2))
-    return json.loads(result_file.read_text())
-
-
-def folds_of(dataset) -> list[np.ndarray]:
-    """The same folds medsight's data.folds=5 / split_seed 0 uses."""
-    task = dataset.task("melanoma")
-    labels = [task.label_of(s.diagnosis) for s in dataset.samples]
-    groups = [s.patient_id or s.id for s in dataset.samples]
-    return kfold_indices(labels, groups, FOLDS, seed=0)
 
 
 def otsu_mask(image: np.ndarray) -> np.ndarray:
@@ -96,9 +67,9 @@ def main() -> None:
     if not args.data.exists():
         sys.exit(f"{args.data}: PH2 not found; pass --data")
     dataset = open_dataset(args.data, format="ph2")
-    otsu, colour_lr = peers(dataset, folds_of(dataset))
-    unet = [run_recipe("configs/ph2_unet.yaml", args.data, args.out, k) for k in range(FOLDS)]
-    resnet = [run_recipe("configs/ph2_resnet.yaml", args.data, args.out, k) for k in range(FOLDS)]
+    otsu, colour_lr = peers(dataset, folds_of(dataset.samples, dataset.task("melanoma"), FOLDS))
+    unet = [run_fold("configs/ph2_unet.yaml", args.data, args.out, k, FOLDS) for k in range(FOLDS)]
+    resnet = [run_fold("configs/ph2_resnet.yaml", args.data, args.out, k, FOLDS) for k in range(FOLDS)]
 
     seg_rows = {"ph2_unet (medsight)": summarize_repeats([r["metrics"] for r in unet]),
                 "Otsu threshold (peer)": summarize_repeats(otsu)}

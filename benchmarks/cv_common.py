@@ -1,0 +1,42 @@
+"""What the cross-validation benchmarks share: one fold of a recipe, trained and scored through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from medsight.data.splits import kfold_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_fold(config: str, data: Path, out: Path, fold: int, folds: int) -> dict:
+    """Train ``config`` on every fold but ``fold`` (``--set data.folds/fold``) and evaluate it on
+    ``fold`` (``evaluate --split heldout``). A fold already scored is read back, not re-run."""
+    run_dir = out / Path(config).stem / f"fold{fold}"
+    result_file = run_dir / "heldout.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    info_file = run_dir / "run.json"
+    if not (info_file.is_file() and json.loads(info_file.read_text()).get("finished")):
+        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
+                        "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={folds}",
+                        "--set", f"data.fold={fold}"], check=True)
+    subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
+                    "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
+    info = json.loads(info_file.read_text())
+    result = json.loads(result_file.read_text())
+    result["train_seconds"], result["epochs_run"] = info["train_seconds"], info["epochs_run"]
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def folds_of(samples, task, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """The held-out indices medsight's ``data.folds`` uses (split_seed ``seed``), for the peers."""
+    labels = [task.label_of(s.diagnosis) for s in samples]
+    groups = [s.patient_id or s.id for s in samples]
+    return kfold_indices(labels, groups, folds, seed=seed)

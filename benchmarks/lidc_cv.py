@@ -1,0 +1,68 @@
+"""10-fold patient-level cross-validation of the nodule image baselines on the shared LIDC VOIs,
+next to logistic regression on the nodule diameter alone (the bar an image recipe must clear).
+
+Each fold k: ``medsight train configs/lidc_voi_{resnet3d,multiview}.yaml --set data.folds=10
+--set data.fold=k``, then ``medsight evaluate RUN VOIS --split heldout``. The diameter peer is
+fitted on the same training folds and scored on the same held-out fold. Finished folds are reused.
+
+    python benchmarks/lidc_cv.py --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from cv_common import ROOT, folds_of, run_fold
+from medsight.data import open_dataset
+from medsight.metrics import binary_metrics, format_table, summarize_repeats
+
+FOLDS = 10
+CONFIGS = ("configs/lidc_voi_resnet3d.yaml", "configs/lidc_voi_multiview.yaml")
+METRICS = ["ACC", "SEN", "SPE", "AUC"]
+
+
+def diameter_peer(dataset, folds) -> list[dict]:
+    task = dataset.task("malignancy")
+    y = np.array([task.label_of(s.diagnosis) for s in dataset.samples])
+    x = np.array([[float(s.meta["diameter_mm"])] for s in dataset.samples])
+    results = []
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(y)), test)
+        model = LogisticRegression(class_weight="balanced").fit(np.log(x[train]), y[train])
+        results.append(binary_metrics(y[test], model.predict_proba(np.log(x[test]))[:, 1]))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "lidc_cv")
+    args = parser.parse_args()
+    if not args.data.exists():
+        sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
+    dataset = open_dataset(args.data, format="lidc-voi")
+    rows = {"diameter_mm + LR (peer)": summarize_repeats(
+        diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)))}
+    times = {}
+    for config in CONFIGS:
+        runs = [run_fold(config, args.data, args.out, k, FOLDS) for k in range(FOLDS)]
+        name = Path(config).stem
+        rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in runs])
+        times[name] = summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
+    text = "\n\n".join([
+        f"Benign vs malignant, {len(dataset)} nodules, held-out folds (mean ± std over {FOLDS} folds):",
+        format_table(rows, METRICS, style="markdown"),
+        "CPU training time per fold (seconds, epochs run):",
+        format_table(times, ["train_s", "epochs"], style="markdown", percent=False, digits=1),
+    ])
+    print(text)
+    (args.out / "summary.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
