@@ -151,3 +151,20 @@ def test_ties_on_the_monitored_metric_go_to_the_lower_validation_loss(tmp_path):
     assert not trainer._better({"AUC": 0.99, "val_loss": 0.1}, state)
     assert trainer._better({"AUC": 0.5, "val_loss": 9.0}, {"best_value": None})
     assert not trainer._better({"AUC": float("nan"), "val_loss": 0.1}, state)
+
+
+def test_an_undefined_metric_still_leaves_weights(tmp_path):
+    class NoAUC(Regression):
+        monitor, monitor_mode = "AUC", "max"
+
+        def validation_metrics(self, outputs):
+            return {**super().validation_metrics(outputs), "AUC": float("nan")}
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 1)
+    train_batches, val_batches = make_problem()
+    Trainer(tmp_path, 2, lambda p: torch.optim.SGD(p, lr=0.01), seed=0, device="cpu").fit(
+        NoAUC(model), train_batches, val_batches)
+    saved = load_file(tmp_path / BEST_WEIGHTS)
+    assert torch.equal(saved["weight"], model.state_dict()["weight"])  # the latest epoch's weights
+    assert load_state(tmp_path / CHECKPOINT)["loop"]["best_epoch"] == 2

@@ -32,6 +32,15 @@ def _stats(values: list[int]) -> dict:
     return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
 
 
+def _spacing_stats(samples) -> dict | None:
+    """Voxel spacing (mm) per axis over the volumes, or None for 2D data."""
+    spacings = np.array([s.spacing for s in samples if s.spacing is not None], dtype=float)
+    if not len(spacings):
+        return None
+    return {stat: [round(float(v), 3) for v in fn(spacings, axis=0)]
+            for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max))}
+
+
 def summarize(dataset: Dataset, check_files: bool = True) -> dict:
     """Counts per split and per class of every task, image sizes, masks and (unless
     ``check_files`` is false) the problems :func:`validate` finds with the default task."""
@@ -61,6 +70,8 @@ def summarize(dataset: Dataset, check_files: bool = True) -> dict:
         "image_width": _stats([w for _, w in sizes]) if sizes else None,
         "with_mask": sum(s.has_mask for s in samples),
         "unlabelled": sum(s.diagnosis is None for s in samples),
+        "spacing": _spacing_stats(samples),
+        "excluded": dict(Counter(dataset.excluded.values())),
     }
     if check_files:
         task = dataset.task() if dataset.default_task else None
@@ -80,6 +91,12 @@ def format_summary(summary: dict) -> str:
     if h and w:
         out.append(f"image size  min {h['min']}x{w['min']}, median {h['median']:g}x{w['median']:g}, "
                    f"max {h['max']}x{w['max']} (height x width)")
+    if summary.get("spacing"):
+        sp = summary["spacing"]
+        out.append(f"spacing mm  min {sp['min']}, median {sp['median']}, max {sp['max']} (z, y, x)")
+    if summary.get("excluded"):
+        out.append(f"excluded    {sum(summary['excluded'].values())}: "
+                   + "; ".join(f"{n} {reason}" for reason, n in summary["excluded"].items()))
     for name, counts in summary["tasks"].items():
         default = " (default)" if name == summary["default_task"] else ""
         out.append(f"task {name}{default}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))

@@ -145,6 +145,11 @@ class Trainer:
             if self._better(record, state):
                 state.update(best_value=value, best_loss=record.get("val_loss"), best_epoch=epoch, bad_epochs=0)
                 save_weights(model.state_dict(), self.run_dir / BEST_WEIGHTS)
+            elif state["best_value"] is None:  # the metric is undefined so far (e.g. one class in validation):
+                state.update(best_epoch=epoch)  # keep the latest weights until it is defined
+                save_weights(model.state_dict(), self.run_dir / BEST_WEIGHTS)
+                self.console.print(f"[yellow]validation {self.monitor} is undefined at epoch {epoch}; "
+                                   "keeping the latest weights (is the validation set too small?)[/yellow]")
             else:
                 state["bad_epochs"] += 1
             stop = self.patience is not None and state["bad_epochs"] >= self.patience
