@@ -142,3 +142,25 @@ def test_repeated_kfold_and_hidden_labels():
         assert abs(kept[labels == cls].mean() - 0.2) < 0.05
     for g in range(100):  # whole patients
         assert kept[groups == g].all() or not kept[groups == g].any()
+
+
+def test_grid_crops_cover_the_corners_and_centre():
+    from medsight.transforms.augment import grid_crops
+
+    x = torch.zeros(1, 1, 30, 30)
+    x[..., :3, :3] = 1.0  # a bright top-left corner
+    crops = grid_crops(x, fraction=0.8)
+    assert len(crops) == 9 and all(c.shape == x.shape for c in crops)
+    assert crops[0][..., :3, :3].mean() > 0.9  # the top-left crop keeps the corner at its corner
+    assert crops[4][..., :3, :3].mean() < 0.1 and crops[8].sum() < 1e-6  # the centre and bottom-right miss it
+    assert torch.allclose(grid_crops(x, fraction=1.0, per_side=1)[0], x, atol=1e-6)
+
+
+def test_translate_shifts_images():
+    x = torch.zeros(64, 1, 16, 16)
+    x[:, :, 6:10, 6:10] = 1.0
+    out, _ = augment_batch(x, None, AugmentConfig(hflip=False, vflip=False, rot90=False, translate=0.25),
+                           torch.Generator().manual_seed(0))
+    centres = [(o[0] > 0.5).nonzero().float().mean(0) for o in out]
+    assert max(abs(c - 7.5).max() for c in centres) > 2  # moved by several pixels
+    assert all(o.sum() > 0 for o in out)

@@ -45,7 +45,8 @@ class AugmentConfig(Section):
     rot90: bool = True  # multiples of 90 degrees in the (H, W) plane; square inputs only
     zflip: bool = False  # flip the depth axis of volumes
     rotate: float = Field(0.0, ge=0, le=180)  # extra random rotation, degrees
-    scale: tuple[float, float] = (1.0, 1.0)  # random zoom range
+    scale: tuple[float, float] = (1.0, 1.0)  # random zoom range; above 1 zooms in (a random crop)
+    translate: float = Field(0.0, ge=0, le=0.5)  # random shift, fraction of the image size
     brightness: float = Field(0.0, ge=0, le=1)
     contrast: float = Field(0.0, ge=0, le=1)
 
@@ -71,6 +72,9 @@ class TrainConfig(Section):
 class PredictConfig(Section):
     threshold: float = Field(0.5, gt=0, lt=1)  # binary decision / mask threshold
     tta: bool = False  # average over flips at test time
+    crops: Literal[1, 9] = 1  # classification: average over a 3x3 grid of crops (ARL-CNN's 9-crop testing)
+    crop_fraction: float = Field(0.8, gt=0, le=1)  # side of each test crop, fraction of the image
+    one_vs_rest: list[str] | None = None  # classification: report these classes one-vs-rest from one softmax
 
 
 class Config(Section):

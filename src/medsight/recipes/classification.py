@@ -10,25 +10,45 @@ import torch.nn.functional as F
 
 from medsight.data.base import Dataset, Task
 from medsight.engine import TrainingModule
-from medsight.errors import InputError
+from medsight.errors import ConfigError, InputError
 from medsight.metrics import binary_metrics, multiclass_metrics
 from medsight.models import create_model
 from medsight.recipes.base import Predictions, Recipe
 from medsight.recipes.prepare import Loaded
+from medsight.transforms.augment import grid_crops
 
 
-def task_metrics(task: Task, y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+OVR_METRICS = ("AUC", "ACC", "SEN", "SPE")  # reported per one-vs-rest class, as in the ISIC-2017 tables
+
+
+def task_metrics(task: Task, y: np.ndarray, proba: np.ndarray, threshold: float,
+                 one_vs_rest: list[str] | None = None) -> dict[str, float]:
+    """Binary metrics for a binary task; for a multi-class one either the multi-class metrics or,
+    with ``one_vs_rest``, "<class> AUC" / ACC / SEN / SPE per listed class from the same softmax
+    plus "mean AUC" (the ISIC-2017 protocol: melanoma and SK from one 3-class network)."""
     if task.is_binary:
         return binary_metrics(y, proba[:, 1], threshold=threshold)
-    return multiclass_metrics(y, proba, classes=list(task.classes))
+    if not one_vs_rest:
+        return multiclass_metrics(y, proba, classes=list(task.classes))
+    out = {}
+    for name in one_vs_rest:
+        k = task.classes.index(name)
+        scores = binary_metrics(y == k, proba[:, k], threshold=threshold)
+        out.update({f"{name} {m}": scores[m] for m in OVR_METRICS})
+    out["mean AUC"] = float(np.nanmean([out[f"{n} AUC"] for n in one_vs_rest]))
+    return out
 
 
 class ClassifierModule(TrainingModule):
     monitor, monitor_mode = "AUC", "max"
 
-    def __init__(self, model, task: Task, class_weight: torch.Tensor | None, threshold: float):
+    def __init__(self, model, task: Task, class_weight: torch.Tensor | None, threshold: float,
+                 one_vs_rest: list[str] | None = None):
         super().__init__(model)
         self.task, self.class_weight, self.threshold = task, class_weight, threshold
+        self.one_vs_rest = one_vs_rest
+        if one_vs_rest:
+            self.monitor = "mean AUC"
 
     def training_step(self, batch, device):
         logits = self.model(batch["x"].to(device))
@@ -43,7 +63,7 @@ class ClassifierModule(TrainingModule):
     def validation_metrics(self, outputs):
         proba = torch.cat([o[0] for o in outputs]).numpy()
         y = torch.cat([o[1] for o in outputs]).numpy()
-        metrics = task_metrics(self.task, y, proba, self.threshold)
+        metrics = task_metrics(self.task, y, proba, self.threshold, self.one_vs_rest)
         return {"val_loss": sum(o[2] for o in outputs) / max(len(y), 1), **metrics}
 
 
@@ -64,15 +84,31 @@ class ClassificationRecipe(Recipe):
         if self.cfg.train.class_weights == "balanced":
             counts = torch.bincount(train.labels, minlength=len(self.task.classes)).float()
             weight = counts.sum() / (len(counts) * counts.clamp_min(1))
-        return ClassifierModule(model, self.task, weight, self.cfg.predict.threshold)
+        return ClassifierModule(model, self.task, weight, self.cfg.predict.threshold, self.one_vs_rest())
+
+    def one_vs_rest(self) -> list[str] | None:
+        listed = self.cfg.predict.one_vs_rest
+        if listed and self.task.is_binary:
+            raise ConfigError("predict.one_vs_rest: the task is already binary")
+        unknown = set(listed or ()) - set(self.task.classes)
+        if unknown:
+            raise ConfigError(f"predict.one_vs_rest: {sorted(unknown)} are not classes of task {self.task.name!r} "
+                              f"({', '.join(self.task.classes)})")
+        return listed
 
     def forward(self, x):
-        return self.tta(x, lambda t: self.model(t).float().softmax(1))
+        predict = self.cfg.predict
+        probs = lambda t: self.tta(t, lambda u: self.model(u).float().softmax(1))  # noqa: E731
+        if predict.crops == 1:
+            return probs(x)
+        return torch.stack([probs(c) for c in grid_crops(x, predict.crop_fraction)]).mean(0)
 
-    def columns(self) -> list[str]:
-        """The p_<class> columns: the positive class alone for a binary task, every class otherwise."""
-        classes = self.task.classes
-        return [f"p_{classes[-1]}"] if self.task.is_binary else [f"p_{c}" for c in classes]
+    def reported(self) -> list[str]:
+        """The classes with a p_<class> column: the positive class of a binary task, the
+        predict.one_vs_rest classes when set, every class otherwise."""
+        if self.task.is_binary:
+            return [self.task.positive]
+        return self.one_vs_rest() or list(self.task.classes)
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
         if self.task.is_binary:
@@ -82,14 +118,10 @@ class ClassificationRecipe(Recipe):
     def rows(self, preds: Predictions):
         proba = preds.outputs.numpy()
         decided = self.decide(proba) if len(proba) else []
-        classes, binary = self.task.classes, self.task.is_binary
-        rows = []
-        for i, case in enumerate(preds.loaded.ids):
-            probs = [proba[i, 1]] if binary else proba[i]
-            row = {"id": case, **{c: round(float(p), 6) for c, p in zip(self.columns(), probs)}}
-            row["pred"] = classes[decided[i]]
-            rows.append(row)
-        return rows
+        classes = self.task.classes
+        columns = [(f"p_{c}", classes.index(c)) for c in self.reported()]
+        return [{"id": case, **{name: round(float(proba[i, k]), 6) for name, k in columns},
+                 "pred": classes[decided[i]]} for i, case in enumerate(preds.loaded.ids)]
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
         by_id = {s.id: s for s in dataset.samples}
@@ -101,7 +133,8 @@ class ClassificationRecipe(Recipe):
             raise InputError(dataset.root, f"labels {sorted(unknown)} are not classes of task {self.task.name!r}")
         y = np.array([self.task.label_of(by_id[preds.loaded.ids[i]].diagnosis) for i in keep])
         proba = preds.outputs.numpy()[keep]
-        return {"n": len(keep), "metrics": task_metrics(self.task, y, proba, self.cfg.predict.threshold)}
+        return {"n": len(keep), "metrics": task_metrics(self.task, y, proba, self.cfg.predict.threshold,
+                                                         self.one_vs_rest())}
 
     def val_figures(self, val: Loaded, run_dir: Path) -> None:
         from medsight.report import plot_roc

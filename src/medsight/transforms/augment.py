@@ -49,14 +49,16 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generat
             images, masks = (per_sample(lambda t: torch.rot90(t, turns, (-2, -1)), k == turns, t)
                              for t in (images, masks))
     lo, hi = cfg.scale
-    if (cfg.rotate > 0 or (lo, hi) != (1.0, 1.0)) and volumetric:
-        raise ConfigError("augment.rotate and augment.scale are 2D only; use flips and rot90 for volumes")
-    if cfg.rotate > 0 or (lo, hi) != (1.0, 1.0):
+    affine = cfg.rotate > 0 or (lo, hi) != (1.0, 1.0) or cfg.translate > 0
+    if affine and volumetric:
+        raise ConfigError("augment.rotate, scale and translate are 2D only; use flips and rot90 for volumes")
+    if affine:  # rotation, zoom (a zoom above 1 is a random crop) and shift in one resampling
         angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(cfg.rotate)
         zoom = lo + torch.rand(b, generator=generator) * (hi - lo)
+        shift = (torch.rand(2, b, generator=generator) * 2 - 1) * 2 * cfg.translate  # [-1, 1] spans the image
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(b)], 1),
-                             torch.stack([sin, cos, torch.zeros(b)], 1)], 1).to(images)
+        theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1),
+                             torch.stack([sin, cos, shift[1]], 1)], 1).to(images)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if masks is not None:
@@ -72,3 +74,19 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generat
         mean = images.mean(dim=intensity_dims, keepdim=True)
         images = (images - mean) * factor.to(images) + mean
     return images, masks
+
+
+def grid_crops(images: torch.Tensor, fraction: float = 0.8, per_side: int = 3) -> list[torch.Tensor]:
+    """``per_side``^2 crops of ``fraction`` of the side on a regular grid (corners, edges, centre),
+    each resampled back to the input size: the 9-crop test-time averaging of ARL-CNN and mask-CN."""
+    if images.ndim != 4:
+        raise ConfigError("predict.crops: multi-crop averaging is 2D only")
+    b = images.shape[0]
+    offsets = torch.linspace(-(1 - fraction), 1 - fraction, per_side) if per_side > 1 else torch.zeros(1)
+    crops = []
+    for dy in offsets:
+        for dx in offsets:
+            theta = torch.tensor([[fraction, 0.0, float(dx)], [0.0, fraction, float(dy)]]).expand(b, 2, 3)
+            grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+            crops.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False))
+    return crops
