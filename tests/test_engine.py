@@ -168,3 +168,11 @@ def test_an_undefined_metric_still_leaves_weights(tmp_path):
     saved = load_file(tmp_path / BEST_WEIGHTS)
     assert torch.equal(saved["weight"], model.state_dict()["weight"])  # the latest epoch's weights
     assert load_state(tmp_path / CHECKPOINT)["loop"]["best_epoch"] == 2
+
+
+def test_step_scheduler_halves_the_learning_rate(tmp_path):
+    torch.manual_seed(0)
+    train_batches, val_batches = make_problem()
+    history = Trainer(tmp_path, 5, lambda p: torch.optim.SGD(p, lr=0.1), "step", "cpu", step=(2, 0.5)).fit(
+        Regression(torch.nn.Linear(5, 1)), train_batches, val_batches)
+    assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])

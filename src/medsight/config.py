@@ -64,7 +64,9 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "cosine", "poly"] = "cosine"
+    scheduler: Literal["none", "cosine", "poly", "step"] = "cosine"
+    step_every: int = Field(30, ge=1)  # scheduler "step": multiply the lr by step_gamma every step_every epochs
+    step_gamma: float = Field(0.5, gt=0, le=1)
     class_weights: Literal["none", "balanced"] = "none"  # classification: weight CE by inverse frequency
     early_stopping: EarlyStopping | None = None
 

@@ -72,11 +72,12 @@ class Trainer:
     def __init__(self, run_dir: str | Path, epochs: int, optimizer: Callable[[Iterable], torch.optim.Optimizer],
                  scheduler: str = "none", device: torch.device | str = "auto", seed: int = 0,
                  monitor: str | None = None, mode: str | None = None, patience: int | None = None,
-                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None):
+                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None,
+                 step: tuple[int, float] = (30, 0.5)):
         self.run_dir = Path(run_dir)
         self.epochs = epochs
         self.make_optimizer = optimizer
-        self.scheduler_kind = scheduler
+        self.scheduler_kind, self.step = scheduler, step
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.seed = seed
         self.monitor, self.mode, self.patience = monitor, mode, patience
@@ -87,6 +88,8 @@ class Trainer:
     def _scheduler(self, optimizer):
         if self.scheduler_kind == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
+        if self.scheduler_kind == "step":
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step[0], gamma=self.step[1])
         if self.scheduler_kind == "poly":
             return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 - e / self.epochs) ** 0.9)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
@@ -132,10 +135,11 @@ class Trainer:
                 break
             start = time.perf_counter()
             torch.manual_seed(epoch_seed(self.seed, epoch, stream=1))
+            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             train_loss = self._train_epoch(module, optimizer, train_batches(epoch), epoch, steps_per_epoch)
             scheduler.step()
             metrics = self._validate(module, val_batches())
-            record = {"epoch": epoch, "loss": train_loss, **metrics, "lr": optimizer.param_groups[0]["lr"],
+            record = {"epoch": epoch, "loss": train_loss, **metrics, "lr": lr,
                       "seconds": round(time.perf_counter() - start, 3)}
             state["history"].append(record)
             value = metrics.get(self.monitor)

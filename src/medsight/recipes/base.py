@@ -142,7 +142,8 @@ class Recipe:
         self.run_info["monitor"] = es.metric if es else module.monitor
         trainer = Trainer(run_dir, cfg.train.epochs, self.optimizer, cfg.train.scheduler, self.device, cfg.seed,
                           monitor=es.metric if es else None, mode=es.mode if es else None,
-                          patience=es.patience if es else None, callbacks=callbacks, console=self.console)
+                          patience=es.patience if es else None, callbacks=callbacks, console=self.console,
+                          step=(cfg.train.step_every, cfg.train.step_gamma))
         started = time.perf_counter()
         history = trainer.fit(module, lambda epoch: self.train_batches(train, epoch),
                               lambda: self.eval_batches(val), steps_per_epoch=self.steps(train))
