@@ -14,6 +14,7 @@ from torch import nn
 from medsight.models import register_model
 
 LAYOUTS = {
+    "resnet14": ("bottleneck", [1, 1, 1, 1]),  # ARL-CNN14's baseline: stem + 4 bottlenecks + FC
     "resnet18": ("basic", [2, 2, 2, 2]),
     "resnet34": ("basic", [3, 4, 6, 3]),
     "resnet50": ("bottleneck", [3, 4, 6, 3]),

@@ -1,0 +1,165 @@
+"""ARL-CNN: ResNets whose blocks add an attention term with no extra layers (Zhang et al., IEEE TMI 2019).
+
+Each block computes::
+
+    y = ReLU(x_s + F(x) + alpha * M(F(x)) * x_s)
+
+``F(x)`` is the residual branch after its last batch norm, ``x_s`` the identity or projection
+shortcut, ``M`` a softmax normalisation of ``F(x)`` and ``alpha`` a learnable scalar per block
+(an ``nn.Parameter`` of shape ``()``, initialised to ``alpha_init``, default 0.001 as when the
+paper fine-tunes ARL-CNN50). The attention term adds one parameter per block and no layers.
+
+``attention_softmax`` chooses how ``M`` normalises (the paper leaves it open):
+
+* ``"channel"`` (default): softmax across channels at each position, so ``M`` sums to 1 over the
+  channel axis at every voxel. This is what public re-implementations do; with ``C`` channels a
+  typical value is ``1 / C``.
+* ``"spatial"``: softmax across all positions of each channel, so ``M`` sums to 1 over the
+  spatial axes per channel; a typical value is ``1 / (H * W)``, so the term is small until
+  ``alpha`` grows (or is initialised larger).
+
+With ``alpha = 0`` a block is exactly MONAI's ResNet block of the same layout (the extra term is
+an exact zero), so ``arlcnn14`` with every alpha set to 0 computes what ``resnet14`` computes
+with the same weights; module and parameter names match the plain ResNet's, plus ``.alpha``.
+
+Registered: ``arlcnn14`` (bottleneck, [1, 1, 1, 1]), ``arlcnn50`` (bottleneck, [3, 4, 6, 3]) and
+``arlcnn18`` (basic block, [2, 2, 2, 2]); 2D or 3D through ``spatial_dims``; every option of
+:class:`~medsight.models.resnet.ResNetClassifier` (``stem``, ``width``, ``dropout``) applies.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
+from torch import nn
+
+from medsight.models import register_model
+from medsight.models.resnet import ResNetClassifier
+
+SOFTMAX_MODES = ("channel", "spatial")
+
+ARL_LAYOUTS = {
+    "arlcnn14": ("bottleneck", [1, 1, 1, 1]),
+    "arlcnn18": ("basic", [2, 2, 2, 2]),
+    "arlcnn50": ("bottleneck", [3, 4, 6, 3]),
+}
+
+
+def block_with(block: type[nn.Module], **options) -> functools.partial:
+    """``block`` with keyword options bound, usable as MONAI ResNet's ``block`` argument.
+
+    MONAI's ResNet instantiates its block class itself and reads ``block.expansion``; a partial
+    carrying ``expansion`` lets a block take options beyond MONAI's constructor signature.
+    """
+    factory = functools.partial(block, **options)
+    factory.expansion = block.expansion  # type: ignore[attr-defined]
+    return factory
+
+
+def attention_map(features: torch.Tensor, mode: str = "channel") -> torch.Tensor:
+    """The ARL mask ``M(F)``: a softmax of ``features`` ``(B, C, *spatial)``, same shape.
+
+    ``"channel"`` sums to 1 over ``C`` at every position; ``"spatial"`` sums to 1 over all
+    positions of each channel.
+    """
+    if mode == "channel":
+        return torch.softmax(features, dim=1)
+    if mode == "spatial":
+        return torch.softmax(features.flatten(2), dim=-1).view_as(features)
+    raise ValueError(f"attention_softmax must be one of {SOFTMAX_MODES}, got {mode!r}")
+
+
+def _check_options(alpha_init, attention_softmax) -> float:
+    if attention_softmax not in SOFTMAX_MODES:
+        raise TypeError(f"attention_softmax must be one of {SOFTMAX_MODES}, got {attention_softmax!r}")
+    if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)):
+        raise TypeError(f"alpha_init must be a number, got {alpha_init!r}")
+    return float(alpha_init)
+
+
+class _ARLMixin:
+    """The attention residual combination shared by the basic and bottleneck ARL blocks."""
+
+    def _init_arl(self, alpha_init: float, attention_softmax: str) -> None:
+        self.alpha = nn.Parameter(torch.tensor(_check_options(alpha_init, attention_softmax)))
+        self.attention_softmax = attention_softmax
+
+    def _combine(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        # out + residual first: at alpha = 0 the sum is bit-identical to MONAI's `out += residual`
+        attention = attention_map(out, self.attention_softmax)
+        return self.act(out + residual + self.alpha * attention * residual)
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def extra_repr(self) -> str:
+        return f"attention_softmax={self.attention_softmax!r}"
+
+
+class ARLBottleneck(_ARLMixin, ResNetBottleneck):
+    """MONAI's bottleneck block (1x1, 3x3, 1x1 convolutions) with the ARL attention term."""
+
+    def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
+                 act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
+                 attention_softmax: str = "channel"):
+        super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
+        self._init_arl(alpha_init, attention_softmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self._combine(out, self._shortcut(x))
+
+
+class ARLBasicBlock(_ARLMixin, ResNetBlock):
+    """MONAI's basic block (two 3x3 convolutions) with the ARL attention term."""
+
+    def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
+                 act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
+                 attention_softmax: str = "channel"):
+        super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
+        self._init_arl(alpha_init, attention_softmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self._combine(out, self._shortcut(x))
+
+
+_ARL_BLOCKS = {"basic": ARLBasicBlock, "bottleneck": ARLBottleneck}
+
+
+class ARLResNet(ResNetClassifier):
+    """A :class:`ResNetClassifier` built from ARL blocks (same interface, same module names)."""
+
+    def __init__(self, block: str, layers, in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
+                 alpha_init: float = 0.001, attention_softmax: str = "channel", **options):
+        if block not in _ARL_BLOCKS:
+            raise TypeError(f"block must be one of {sorted(_ARL_BLOCKS)}, got {block!r}")
+        alpha_init = _check_options(alpha_init, attention_softmax)
+        factory = block_with(_ARL_BLOCKS[block], alpha_init=alpha_init, attention_softmax=attention_softmax)
+        super().__init__(factory, layers, in_channels, num_classes, spatial_dims, **options)
+
+    def alphas(self) -> list[nn.Parameter]:
+        """The per-block attention weights, in forward order."""
+        return [m.alpha for m in self.modules() if isinstance(m, _ARLMixin)]
+
+
+def _builder(name: str):
+    block, layers = ARL_LAYOUTS[name]
+
+    def build(in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2, alpha_init: float = 0.001,
+              attention_softmax: str = "channel", **options) -> ARLResNet:
+        return ARLResNet(block, layers, in_channels, num_classes, spatial_dims, alpha_init=alpha_init,
+                         attention_softmax=attention_softmax, **options)
+
+    build.__name__ = name
+    build.__doc__ = f"ARL-CNN with {block} blocks {layers}; see :mod:`medsight.models.arl`."
+    return build
+
+
+for _name in ARL_LAYOUTS:
+    register_model(_name)(_builder(_name))
