@@ -24,10 +24,13 @@ READERS: dict[str, str] = {
     "lidc-voi": "medsight.data.lidc_voi:read_lidc_voi",
     "lidc": "medsight.data.lidc:read_lidc",
     "luna": "medsight.data.luna:read_luna",
+    "chestxray14": "medsight.data.chestxray14:read_chestxray14",
     "folder": "medsight.data.folder:read_folder",
     "images": "medsight.data.folder:read_images",
     "synthetic": "medsight.data.synthetic:read_synthetic",  # generated, never detected from a path
+    "synthetic-xray": "medsight.data.synthetic_xray:read_synthetic_xray",  # generated, never detected
 }
+GENERATED = ("synthetic", "synthetic-xray")  # formats that need no path
 ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018", "lidc_voi": "lidc-voi", "lidc-idri": "lidc",
            "luna16": "luna", "tianchi": "luna"}
 
@@ -57,9 +60,10 @@ def detect_format(path: str | Path) -> str:
 def open_dataset(path: str | Path | list | None, format: str | None = None, **options) -> Dataset:
     """Read a dataset root (or, for ``images``, one image file or a list of them).
 
-    ``format="synthetic"`` needs no path: it generates the demo data from ``options``."""
-    if format == "synthetic" and path is None:
-        return _resolve(READERS["synthetic"])(None, **options)
+    ``format="synthetic"`` (dermoscopy) and ``format="synthetic-xray"`` (multi-label chest X-rays)
+    need no path: they generate demo data from ``options``."""
+    if format in GENERATED and path is None:
+        return _resolve(READERS[format])(None, **options)
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             path = path[0]
@@ -114,7 +118,12 @@ def check_sample(sample: Sample, task: Task | None = None):
                                               f"{image.shape[2]}x{image.shape[1]}"))
     if volume and sample.spacing is not None and len(sample.spacing) != 3:
         problems.append(InputError(sample.source, f"spacing {sample.spacing} should give 3 values (z, y, x) in mm"))
-    if task is not None and sample.diagnosis is not None and sample.diagnosis not in task.mapping:
+    if task is not None and sample.diagnosis is not None and task.multilabel:
+        try:
+            task.targets(sample.diagnosis)
+        except ValueError as exc:
+            problems.append(InputError(sample.source, str(exc)))
+    elif task is not None and sample.diagnosis is not None and sample.diagnosis not in task.mapping:
         problems.append(InputError(sample.source, f"label {sample.diagnosis!r} is not a class of task "
                                                   f"{task.name!r} ({', '.join(task.mapping)})"))
     return problems

@@ -25,11 +25,16 @@ class Task:
 
     ``classes`` are the task's class names in index order; ``mapping`` sends a dataset class
     (``Sample.diagnosis``) to a task class index. A binary task has two classes, the positive last.
+
+    A ``multilabel`` task (ChestX-ray14's findings) has an empty ``mapping``: a diagnosis is the
+    ``"|"``-joined findings (``"Atelectasis|Effusion"``, ``"No Finding"`` for none), and
+    :meth:`targets` turns it into one 0/1 per class.
     """
 
     name: str
     classes: tuple[str, ...]
     mapping: dict[str, int]
+    multilabel: bool = False
 
     @property
     def is_binary(self) -> bool:
@@ -40,9 +45,42 @@ class Task:
         return self.classes[-1]
 
     def label_of(self, diagnosis: str | None) -> int:
+        if self.multilabel:
+            from medsight.errors import MedsightError
+
+            raise MedsightError(f"task {self.name!r} is multi-label (a case may have several of "
+                                f"{', '.join(self.classes)}): use Task.targets, not a single label index")
         if diagnosis is None:
             return UNLABELLED
         return self.mapping[diagnosis]
+
+    def targets(self, diagnosis: str | None) -> np.ndarray:
+        """One 0/1 (int8) per class: for a multi-label task the ``"|"``-joined findings of
+        ``diagnosis`` (``"No Finding"``: all zeros), otherwise the one-hot of :meth:`label_of`.
+        ``None`` (unlabelled) gives all ``UNLABELLED`` (-1). An unknown finding, or
+        ``"No Finding"`` together with a finding, raises ``ValueError`` naming it."""
+        n = len(self.classes)
+        if diagnosis is None:
+            return np.full(n, UNLABELLED, dtype=np.int8)
+        out = np.zeros(n, dtype=np.int8)
+        if not self.multilabel:
+            if diagnosis not in self.mapping:
+                raise ValueError(f"label {diagnosis!r} is not a class of task {self.name!r} "
+                                 f"({', '.join(self.mapping)})")
+            out[self.mapping[diagnosis]] = 1
+            return out
+        findings = [f.strip() for f in str(diagnosis).split("|")]
+        if findings == ["No Finding"]:
+            return out
+        index = {c: i for i, c in enumerate(self.classes)}
+        for finding in findings:
+            if finding == "No Finding":
+                raise ValueError(f"finding 'No Finding' cannot go with other findings (in {diagnosis!r})")
+            if finding not in index:
+                raise ValueError(f"finding {finding!r} (in {diagnosis!r}) is not a class of task "
+                                 f"{self.name!r} ({', '.join(self.classes)})")
+            out[index[finding]] = 1
+        return out
 
     @classmethod
     def multiclass(cls, name: str, classes: tuple[str, ...]) -> "Task":
