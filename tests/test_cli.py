@@ -254,6 +254,27 @@ def test_classification_predict(cls_run, heldout, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", [None, "gradcam++", "cam"])
+def test_predict_maps_at_the_input_size(cls_run, heldout_rect, tmp_path, capsys, method):
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", cls_run, heldout_rect, "--out", out, "--device", "cpu",
+                       "--maps", *([method] if method else []))
+    assert code == 0, err
+    for image in (heldout_rect / "images").glob("*.png"):
+        size = Image.open(image).size
+        grey, blend = Image.open(out / "maps" / image.name), Image.open(out / "overlays" / image.name)
+        assert grey.size == size and grey.mode == "L" and blend.size == size and blend.mode == "RGB"
+        assert np.asarray(grey).max() == 255  # scaled per map to its own maximum
+
+
+@pytest.mark.slow
+def test_maps_are_refused_for_segmentation(seg_run, heldout, tmp_path, capsys):
+    code, _, err = cli(capsys, "predict", seg_run, heldout, "--out", tmp_path / "p", "--maps")
+    assert code == 2 and "--maps" in err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
 def test_classification_evaluate(cls_run, heldout, tmp_path, capsys):
     target = tmp_path / "metrics.json"
     code, out, err = cli(capsys, "evaluate", cls_run, heldout, "--out", target, "--device", "cpu")

@@ -72,13 +72,18 @@ def train(config, data, out, device, seed, epochs, overrides):
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder (must be new or empty).")
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-def predict(run_dir, inputs, out, fmt, device):
+@click.option("--maps", "maps", type=click.Choice(["gradcam", "gradcam++", "cam"]), is_flag=False, flag_value="gradcam",
+              default=None, help="Classifiers: write class activation maps to OUT/maps (default method gradcam).")
+def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
     from medsight.recipes import Recipe
     from medsight.recipes.base import refuse_existing_output
 
     refuse_existing_output(out)
     recipe = Recipe.load(run_dir, device, console)
+    if maps and recipe.kind != "classification":
+        raise MedsightError(f"--maps: the {recipe.kind} recipe has no class activation maps")
+    recipe.maps = maps
     dataset = _open_input(inputs, fmt)
     preds = recipe.predict(dataset)
     _report_rejected(preds.rejected)

@@ -43,6 +43,7 @@ class Predictions:
     loaded: Loaded  # the cases that were predicted
     outputs: torch.Tensor  # recipe-specific: class probabilities, or foreground probability maps
     rejected: list[InputError]
+    dataset: Dataset | None = None  # where the cases came from (for maps drawn on the originals)
 
 
 class Recipe:
@@ -234,7 +235,7 @@ class Recipe:
         outputs = [self.forward(batch["x"].to(self.device)).float().cpu()
                    for batch in self.eval_batches(loaded, batch_size=32)]
         shape = (0,) if not outputs else outputs[0].shape[1:]
-        return Predictions(loaded, torch.cat(outputs) if outputs else torch.zeros(shape), rejected)
+        return Predictions(loaded, torch.cat(outputs) if outputs else torch.zeros(shape), rejected, dataset)
 
     def tta(self, x: torch.Tensor, fn) -> torch.Tensor:
         """Average ``fn`` over flips when predict.tta is on (fn maps images to per-pixel or per-image outputs)."""

@@ -14,7 +14,7 @@ from medsight.errors import ConfigError, InputError
 from medsight.metrics import binary_metrics, multiclass_metrics
 from medsight.models import create_model
 from medsight.recipes.base import Predictions, Recipe
-from medsight.recipes.prepare import Loaded
+from medsight.recipes.prepare import Loaded, batch_indices
 from medsight.transforms.augment import grid_crops
 
 
@@ -122,6 +122,26 @@ class ClassificationRecipe(Recipe):
         columns = [(f"p_{c}", classes.index(c)) for c in self.reported()]
         return [{"id": case, **{name: round(float(proba[i, k]), 6) for name, k in columns},
                  "pred": classes[decided[i]]} for i, case in enumerate(preds.loaded.ids)]
+
+    maps: str | None = None  # set by `predict --maps METHOD`: cam, gradcam or gradcam++
+
+    def write_extra(self, preds: Predictions, out_dir: Path) -> None:
+        """With ``maps`` set: the class activation map of the predicted class of each case, at its
+        input image's size, in maps/<id>.png, and blended over the image in overlays/<id>.png."""
+        if not self.maps:
+            return
+        from medsight.explain import MapWriter, class_maps
+
+        if self.cfg.data.preprocess != "resize":
+            raise ConfigError(f"--maps: maps are drawn back onto 2D images; the {self.cfg.data.preprocess!r} "
+                              "preprocessor does not map its input back to the original")
+        writer = MapWriter(out_dir)
+        by_id = {s.id: s for s in preds.dataset.samples}
+        for batch_ids, batch in zip(batch_indices(len(preds.loaded.ids), 32), self.eval_batches(preds.loaded, 32)):
+            maps = class_maps(self.model, batch["x"].to(self.device), self.maps).cpu().numpy()
+            for i, m in zip(batch_ids.tolist(), maps):
+                case = preds.loaded.ids[i]
+                writer.write(case, by_id[case].load_image(), m)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
         by_id = {s.id: s for s in dataset.samples}
