@@ -80,7 +80,7 @@ class PredictConfig(Section):
 
 
 class Config(Section):
-    recipe: Literal["segmentation", "classification"]
+    recipe: Literal["segmentation", "classification", "multilabel"]
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig

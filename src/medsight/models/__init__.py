@@ -40,6 +40,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 # Each family registers its names on import; listed here by hand, never discovered from files.
-from medsight.models import arl, multiview, ran, resnet, senet, unet  # noqa: E402,F401
+from medsight.models import arl, chestnet, multiview, ran, resnet, senet, unet  # noqa: E402,F401
 
 __all__ = ["create_model", "list_models", "register_model"]

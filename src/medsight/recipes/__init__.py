@@ -2,11 +2,14 @@
 
 from medsight.recipes.base import Predictions, Recipe
 from medsight.recipes.classification import ClassificationRecipe
+from medsight.recipes.multilabel import MultilabelRecipe
 from medsight.recipes.segmentation import SegmentationRecipe
 
 RECIPES: dict[str, type[Recipe]] = {
     "classification": ClassificationRecipe,
     "segmentation": SegmentationRecipe,
+    "multilabel": MultilabelRecipe,
 }
 
-__all__ = ["RECIPES", "Recipe", "Predictions", "ClassificationRecipe", "SegmentationRecipe"]
+__all__ = ["RECIPES", "Recipe", "Predictions", "ClassificationRecipe", "SegmentationRecipe",
+           "MultilabelRecipe"]

@@ -22,7 +22,7 @@ from rich.console import Console
 
 import medsight
 from medsight.config import Config, parse_config
-from medsight.data import open_dataset
+from medsight.data import GENERATED, open_dataset
 from medsight.data.base import Dataset, Task
 from medsight.data.splits import split_samples
 from medsight.engine import Trainer, TrainingModule, epoch_seed, select_device
@@ -85,15 +85,20 @@ class Recipe:
     def val_figures(self, val: Loaded, run_dir: Path) -> None:
         """Figures written into the run directory after training."""
 
+    def split_label(self, task: Task | None, sample) -> int:
+        """The class a sample is stratified by when validation (or a fold) is split off."""
+        return task.label_of(sample.diagnosis) if task and sample.diagnosis is not None else 0
+
     # -- the task ------------------------------------------------------------------------------
     @property
     def task(self) -> Task | None:
         t = self.run_info.get("task")
-        return None if t is None else Task(t["name"], tuple(t["classes"]), dict(t["mapping"]))
+        return None if t is None else Task(t["name"], tuple(t["classes"]), dict(t["mapping"]),
+                                           bool(t.get("multilabel", False)))
 
     def open_data(self, path=None, format: str | None = None) -> Dataset:
         data = self.cfg.data
-        if path is None and data.root is None and data.format != "synthetic":
+        if path is None and data.root is None and data.format not in GENERATED:
             raise MedsightError("no data: pass --data PATH or set data.root in the config")
         return open_dataset(path if path is not None else data.root, format=format or data.format, **data.options)
 
@@ -108,7 +113,7 @@ class Recipe:
         samples = self.labelled(dataset, task)
         if len(samples) < 4:
             raise InputError(dataset.root, f"only {len(samples)} usable cases for the {self.kind} recipe")
-        labels = [task.label_of(s.diagnosis) if task and s.diagnosis is not None else 0 for s in samples]
+        labels = [self.split_label(task, s) for s in samples]
         split = split_samples(samples, labels, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.folds,
                               cfg.data.fold)
         preprocess = self.preprocess(channels=None)  # the input's own channels
@@ -121,7 +126,8 @@ class Recipe:
         self.run_info = {
             "medsight_version": medsight.__version__, "recipe": self.kind, "finished": False,
             "task": None if task is None else {"name": task.name, "classes": list(task.classes),
-                                               "mapping": task.mapping},
+                                               "mapping": task.mapping,
+                                               "multilabel": task.multilabel},
             "in_channels": channels, "image_size": list(size), "mean": mean, "std": std,
             "data": {"format": dataset.name, "root": str(dataset.root), "train": len(train.ids),
                      "val": len(val.ids), "heldout": len(split["heldout"])},

@@ -22,7 +22,9 @@ class Loaded:
     ids: list[str]
     images: torch.Tensor  # (N, C, *spatial) uint8
     masks: torch.Tensor | None  # (N, *spatial) uint8 0/1, at the network's size
-    labels: torch.Tensor | None  # (N,) int64, -1 where unlabelled
+    # (N,) int64 class index, -1 where unlabelled; for a multi-label task (N, K) int64 of
+    # Task.targets: one 0/1 per class, all -1 where unlabelled
+    labels: torch.Tensor | None
     original_sizes: list[tuple[int, ...]]  # spatial shape of each input image
 
 
@@ -33,6 +35,7 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
     ``skip_bad``: then they are left out and returned as the list of rejections."""
     console = console or Console(stderr=True)
     ids, images, masks, labels, sizes, rejected = [], [], [], [], [], []
+    multilabel = task is not None and task.multilabel
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         for sample in progress.track(samples, description=description):
             problems = check_sample(sample, task)
@@ -50,14 +53,19 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
             images.append(image_out)
             if need_masks:
                 masks.append(mask_out)
-            labels.append(task.label_of(sample.diagnosis) if task is not None else -1)
+            if multilabel:
+                labels.append(task.targets(sample.diagnosis))
+            else:
+                labels.append(task.label_of(sample.diagnosis) if task is not None else -1)
     if not ids:
-        return Loaded([], torch.zeros((0,), dtype=torch.uint8), None, torch.zeros((0,), dtype=torch.int64), []), rejected
+        empty = (0, len(task.classes)) if multilabel else (0,)
+        return Loaded([], torch.zeros((0,), dtype=torch.uint8), None, torch.zeros(empty, dtype=torch.int64), []), rejected
     return Loaded(
         ids=ids,
         images=torch.from_numpy(np.stack(images)),
         masks=torch.from_numpy(np.stack(masks).astype(np.uint8)) if need_masks else None,
-        labels=torch.tensor(labels, dtype=torch.int64),
+        labels=torch.from_numpy(np.stack(labels).astype(np.int64)) if multilabel else
+        torch.tensor(labels, dtype=torch.int64),
         original_sizes=sizes,
     ), rejected
 
