@@ -176,3 +176,15 @@ def test_step_scheduler_halves_the_learning_rate(tmp_path):
     history = Trainer(tmp_path, 5, lambda p: torch.optim.SGD(p, lr=0.1), "step", "cpu", step=(2, 0.5)).fit(
         Regression(torch.nn.Linear(5, 1)), train_batches, val_batches)
     assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def test_channels_last_for_2d_and_3d_models():
+    from medsight.engine.loop import to_channels_last
+    from medsight.models import create_model
+
+    m2 = to_channels_last(create_model("arlcnn14", width=8))
+    assert m2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    m3 = to_channels_last(create_model("resnet18", spatial_dims=3, width=8))
+    assert m3.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert m3(torch.zeros(1, 3, 8, 16, 16)).shape == (1, 2)
+    assert to_channels_last(torch.nn.Linear(3, 2)).weight.shape == (2, 3)

@@ -32,6 +32,14 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """Channels-last weights for 2D convolution nets, channels-last-3d for 3D ones."""
+    ranks = {p.dim() for p in model.parameters()}
+    if 5 in ranks:
+        return model if 4 in ranks else model.to(memory_format=torch.channels_last_3d)
+    return model.to(memory_format=torch.channels_last) if 4 in ranks else model
+
+
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A seed for one epoch's randomness, so a resumed run replays exactly what it would have done."""
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
@@ -116,6 +124,8 @@ class Trainer:
         self.monitor = self.monitor or module.monitor
         self.mode = self.mode or module.monitor_mode
         model = module.model.to(self.device)
+        if self.device.type == "cuda":  # tensor-core friendly layout for convolutions under bf16
+            model = to_channels_last(model)
         optimizer = self.make_optimizer(model.parameters())
         scheduler = self._scheduler(optimizer)
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],

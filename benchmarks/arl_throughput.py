@@ -1,0 +1,69 @@
+"""Training throughput (images/s) of ARL-CNN50 against a plain ResNet-50 of the same layout, in one
+process on one device, alternating the two so both see the same machine state. The ARL term
+should cost under 10 %.
+
+    python benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20
+    python benchmarks/arl_throughput.py --device cpu --batch 8 --size 128 --steps 3
+
+On CUDA it trains in bf16 autocast with channels_last, as medsight's loop does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from medsight.models import create_model
+
+
+def step_time(model, x, y, device, steps: int) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up (cudnn autotuning, allocator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]  # median step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=fmt)
+    y = torch.randint(0, 3, (args.batch,), device=device)
+    models = {name: create_model(name, num_classes=3).to(device, memory_format=fmt) for name in ("resnet50", "arlcnn50")}
+    results = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            results[name].append(args.batch / step_time(model, x, y, device, args.steps))
+    best = {name: max(v) for name, v in results.items()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{name}, batch {args.batch}, {args.size} px, median of {args.steps} steps, best of {args.rounds} rounds")
+    for model, ips in best.items():
+        print(f"  {model:9s} {ips:8.1f} images/s")
+    print(f"  ARL overhead: {100 * (best['resnet50'] / best['arlcnn50'] - 1):.1f} % "
+          f"(ratio arlcnn50/resnet50 = {best['arlcnn50'] / best['resnet50']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
