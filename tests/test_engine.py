@@ -186,5 +186,5 @@ def test_channels_last_for_2d_and_3d_models():
     assert m2.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     m3 = to_channels_last(create_model("resnet18", spatial_dims=3, width=8))
     assert m3.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    assert m3(torch.zeros(1, 3, 8, 16, 16)).shape == (1, 2)
+    assert m3.eval()(torch.zeros(1, 3, 8, 16, 16)).shape == (1, 2)
     assert to_channels_last(torch.nn.Linear(3, 2)).weight.shape == (2, 3)
