@@ -55,16 +55,17 @@ _SKIN_TAN = np.array([206.0, 150.0, 118.0])
 # helpers
 
 
-def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def image_size(size: int | tuple[int, int], minimum: int = 16, name: str = "synthetic") -> tuple[int, int]:
+    """(height, width) from an int or a pair, refusing images smaller than ``minimum``."""
     if isinstance(size, (int, np.integer)):
         h = w = int(size)
     else:
         try:
             h, w = (int(s) for s in size)
         except (TypeError, ValueError):
-            raise MedsightError(f"synthetic: size must be an int or (height, width), got {size!r}") from None
-    if h < 16 or w < 16:
-        raise MedsightError(f"synthetic: images must be at least 16x16 pixels, got {w}x{h}")
+            raise MedsightError(f"{name}: size must be an int or (height, width), got {size!r}") from None
+    if h < minimum or w < minimum:
+        raise MedsightError(f"{name}: images must be at least {minimum}x{minimum} pixels, got {w}x{h}")
     return h, w
 
 
@@ -183,7 +184,7 @@ def make_lesion(rng: np.random.Generator, size: int | tuple[int, int] = (128, 12
     ``return_layers=True`` a fourth item holds float layers: ``skin`` (H, W, 3), ``hair`` (the hair
     opacity, H, W) and ``vignette`` (the multiplicative field, H, W).
     """
-    h, w = _as_hw(size)
+    h, w = image_size(size)
     side = min(h, w)
     scale = side / 128.0
     malignant = bool(malignant)
@@ -335,7 +336,7 @@ def make_dermoscopy(n: int = 200, size: int | tuple[int, int] = 128, seed: int =
         raise MedsightError(f"synthetic: seed must be >= 0, got {seed}")
     if not 0.0 <= malignant_fraction <= 1.0:
         raise MedsightError(f"synthetic: malignant_fraction must be in [0, 1], got {malignant_fraction}")
-    hw = _as_hw(size)
+    hw = image_size(size)
 
     root_seq = np.random.SeedSequence(seed)
     label_seq, image_seq = root_seq.spawn(2)

@@ -37,7 +37,7 @@ import numpy as np
 from medsight.data.base import Dataset, Sample, Task
 from medsight.data.chestxray14 import CLASSES as CHESTXRAY14_CLASSES
 from medsight.data.chestxray14 import NO_FINDING
-from medsight.data.synthetic import _smooth_noise
+from medsight.data.synthetic import _smooth_noise, image_size
 from medsight.errors import MedsightError
 
 DEFAULT_LABELS = ("Effusion", "Mass", "Nodule", "Cardiomegaly")
@@ -49,16 +49,7 @@ MIN_SIZE = 32
 
 
 def _hw(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)):
-        h = w = int(size)
-    else:
-        try:
-            h, w = (int(s) for s in size)
-        except (TypeError, ValueError):
-            raise MedsightError(f"synthetic-xray: size must be an int or (height, width), got {size!r}") from None
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise MedsightError(f"synthetic-xray: images must be at least {MIN_SIZE}x{MIN_SIZE} pixels, got {w}x{h}")
-    return h, w
+    return image_size(size, MIN_SIZE, "synthetic-xray")
 
 
 def _ellipse(g: dict, cy: float, cx: float, ay: float, ax: float, edge: float) -> np.ndarray:
