@@ -40,3 +40,16 @@ def folds_of(samples, task, folds: int, seed: int = 0) -> list[np.ndarray]:
     labels = [task.label_of(s.diagnosis) for s in samples]
     groups = [s.patient_id or s.id for s in samples]
     return kfold_indices(labels, groups, folds, seed=seed)
+
+
+def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str, list[dict]]) -> None:
+    """Print and save (``out/summary.md``) titled tables plus the training time per fold of each recipe."""
+    from medsight.metrics import format_table, summarize_repeats
+
+    times = {name: summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
+             for name, runs in timings.items()}
+    sections = [*sections, ("CPU training time per fold (seconds, epochs run):",
+                            format_table(times, ["train_s", "epochs"], style="markdown", percent=False, digits=1))]
+    text = "\n\n".join(part for section in sections for part in section)
+    print(text)
+    (out / "summary.md").write_text(text + "\n")

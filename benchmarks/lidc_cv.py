@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from cv_common import ROOT, folds_of, run_fold
+from cv_common import ROOT, folds_of, run_fold, write_summary
 from medsight.data import open_dataset
 from medsight.metrics import binary_metrics, format_table, summarize_repeats
 
@@ -48,20 +48,14 @@ def main() -> None:
     dataset = open_dataset(args.data, format="lidc-voi")
     rows = {"diameter_mm + LR (peer)": summarize_repeats(
         diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)))}
-    times = {}
+    timings = {}
     for config in CONFIGS:
-        runs = [run_fold(config, args.data, args.out, k, FOLDS) for k in range(FOLDS)]
         name = Path(config).stem
-        rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in runs])
-        times[name] = summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
-    text = "\n\n".join([
-        f"Benign vs malignant, {len(dataset)} nodules, held-out folds (mean ± std over {FOLDS} folds):",
-        format_table(rows, METRICS, style="markdown"),
-        "CPU training time per fold (seconds, epochs run):",
-        format_table(times, ["train_s", "epochs"], style="markdown", percent=False, digits=1),
-    ])
-    print(text)
-    (args.out / "summary.md").write_text(text + "\n")
+        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS) for k in range(FOLDS)]
+        rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])
+    write_summary(args.out, [(f"Benign vs malignant, {len(dataset)} nodules, held-out folds "
+                              f"(mean ± std over {FOLDS} folds):", format_table(rows, METRICS, style="markdown"))],
+                  timings)
 
 
 if __name__ == "__main__":

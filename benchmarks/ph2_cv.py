@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cv_common import ROOT, folds_of, run_fold
+from cv_common import ROOT, folds_of, run_fold, write_summary
 from medsight.data import open_dataset
 from medsight.metrics import binary_metrics, format_table, segmentation_metrics, summarize_repeats
 
@@ -75,18 +75,12 @@ def main() -> None:
                 "Otsu threshold (peer)": summarize_repeats(otsu)}
     cls_rows = {"ph2_resnet (medsight)": summarize_repeats([r["metrics"] for r in resnet]),
                 "colour histogram + LR (peer)": summarize_repeats(colour_lr)}
-    time_rows = {name: summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
-                 for name, runs in (("ph2_unet", unet), ("ph2_resnet", resnet))}
-    text = "\n\n".join([
-        "Segmentation, held-out folds (per-image mean, then mean ± std over 5 folds):",
-        format_table(seg_rows, ["JA", "DI", "AC", "SE", "SP"], style="markdown"),
-        "Melanoma vs nevus, held-out folds (mean ± std over 5 folds):",
-        format_table(cls_rows, ["AUC", "ACC", "SEN", "SPE"], style="markdown"),
-        "CPU training time per fold (seconds, epochs run):",
-        format_table(time_rows, ["train_s", "epochs"], style="markdown", percent=False, digits=1),
-    ])
-    print(text)
-    (args.out / "summary.md").write_text(text + "\n")
+    write_summary(args.out, [
+        ("Segmentation, held-out folds (per-image mean, then mean ± std over 5 folds):",
+         format_table(seg_rows, ["JA", "DI", "AC", "SE", "SP"], style="markdown")),
+        ("Melanoma vs nevus, held-out folds (mean ± std over 5 folds):",
+         format_table(cls_rows, ["AUC", "ACC", "SEN", "SPE"], style="markdown")),
+    ], {"ph2_unet": unet, "ph2_resnet": resnet})
 
 
 if __name__ == "__main__":
