@@ -91,8 +91,14 @@ def _dims(shape) -> str:
     return "x".join(str(n) for n in shape)
 
 
-def check_sample(sample: Sample, task: Task | None = None):
-    """The problems of one sample (empty when it is usable), loading its image and mask.
+def check_sample(sample: Sample, task: Task | None = None) -> list[InputError]:
+    """The problems of one sample (empty when it is usable), loading its image and mask."""
+    return load_checked(sample, task)[2]
+
+
+def load_checked(sample: Sample, task: Task | None = None):
+    """``(image, mask, problems)`` of one sample, each file read once; image and mask are None
+    when they could not be read.
 
     2D: image ``(C, H, W)`` with 1 or 3 channels and mask ``(H, W)``; volumes: image ``(1, D, H, W)``
     and mask ``(D, H, W)``."""
@@ -100,13 +106,13 @@ def check_sample(sample: Sample, task: Task | None = None):
         image = sample.load_image()
         volume = image.ndim == 4
         if volume and image.shape[0] != 1:
-            return [InputError(sample.source, f"volume has shape {image.shape}, expected (1, D, H, W)")]
+            return None, None, [InputError(sample.source, f"volume has shape {image.shape}, expected (1, D, H, W)")]
         if not volume and (image.ndim != 3 or image.shape[0] not in (1, 3)):
-            return [InputError(sample.source, f"image has shape {image.shape}, expected (C, H, W) with 1 or 3 "
-                                              "channels, or a volume (1, D, H, W)")]
+            return None, None, [InputError(sample.source, f"image has shape {image.shape}, expected (C, H, W) "
+                                                          "with 1 or 3 channels, or a volume (1, D, H, W)")]
         mask = sample.load_mask()
     except InputError as exc:
-        return [exc]
+        return None, None, [exc]
     problems = []
     if mask is not None and mask.shape != image.shape[1:]:
         where = sample.mask if not hasattr(sample.mask, "shape") else sample.source
@@ -126,8 +132,8 @@ def check_sample(sample: Sample, task: Task | None = None):
     elif task is not None and sample.diagnosis is not None and sample.diagnosis not in task.mapping:
         problems.append(InputError(sample.source, f"label {sample.diagnosis!r} is not a class of task "
                                                   f"{task.name!r} ({', '.join(task.mapping)})"))
-    return problems
+    return image, mask, problems
 
 
 __all__ = ["Dataset", "Sample", "Task", "UNLABELLED", "READERS", "open_dataset", "detect_format",
-           "validate", "check_sample"]
+           "validate", "check_sample", "load_checked"]

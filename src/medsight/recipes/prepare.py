@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from medsight.data import check_sample
+from medsight.data import load_checked
 from medsight.data.base import Sample, Task
 from medsight.errors import InputError
 from medsight.transforms.preprocess import Preprocess
@@ -38,7 +38,7 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
     multilabel = task is not None and task.multilabel
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         for sample in progress.track(samples, description=description):
-            problems = check_sample(sample, task)
+            image, mask, problems = load_checked(sample, task)
             if need_masks and not sample.has_mask:
                 problems.append(InputError(sample.source, "no mask, but this recipe needs one to evaluate or train"))
             if problems:
@@ -46,8 +46,7 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
                     raise problems[0]
                 rejected.extend(problems)
                 continue
-            image = sample.load_image()
-            image_out, mask_out = preprocess(image, sample.load_mask() if need_masks else None, sample)
+            image_out, mask_out = preprocess(image, mask, sample)
             ids.append(sample.id)
             sizes.append(tuple(image.shape[1:]))
             images.append(image_out)

@@ -1,7 +1,7 @@
 """Preprocessors: how a case becomes the fixed-size uint8 array a network sees.
 
 A preprocessor maps ``(image, mask, sample)`` to ``(image uint8 (C, *size), mask uint8 (*size) or
-None)``. Recipes name one in ``data.preprocess`` (default ``resize``); the arrays are made once,
+None)``; ``mask`` is the case's mask when it has one (already read), else None. Recipes name one in ``data.preprocess`` (default ``resize``); the arrays are made once,
 kept in memory as uint8, and normalised per batch.
 """
 
@@ -66,13 +66,12 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def _nodule(image, mask, sample):
-    """The CT volume (D, H, W), the nodule mask and its voxel centre; the mask is the nodule's own
-    annotation (read here even when the recipe does not need masks as targets)."""
+    """The CT volume (D, H, W), the nodule mask and its voxel centre."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise MedsightError(f"{sample.source}: expected a CT volume (1, D, H, W), got shape {image.shape}")
     if sample.spacing is None:
         raise MedsightError(f"{sample.source}: the volume has no voxel spacing")
-    nodule = mask if mask is not None else sample.load_mask()
+    nodule = mask if mask is not None else sample.load_mask()  # called alone, without the mask read
     if nodule is None or not nodule.any():
         raise MedsightError(f"{sample.source}: no nodule mask to centre the crop on")
     return image[0], nodule, mask_centre(nodule)
