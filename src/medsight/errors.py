@@ -20,3 +20,10 @@ class InputError(MedsightError):
 
 class ConfigError(MedsightError):
     """A problem with a config file or an override: the message names the key."""
+
+
+class FeatureError(MedsightError, ValueError):
+    """A descriptor cannot be computed for this input (empty mask, NaN inside the mask, ...).
+
+    Also a ValueError, so scikit-learn code that catches bad input keeps working; the command
+    line adds the file name."""
