@@ -142,8 +142,16 @@ class Recipe:
         save_json(self.run_info, run_dir / RUN_FILE)
         save_json({k: [s.id for s in v] for k, v in split.items()}, run_dir / SPLIT_FILE)
 
+        started = time.perf_counter()
+        history = self.fit(run_dir, train, val, callbacks)
+        self.finish(run_dir, history, val, time.perf_counter() - started)
+        return self.run_info
+
+    def fit(self, run_dir: Path, train: Loaded, val: Loaded, callbacks=()) -> list[dict]:
+        """Train the network with the loop and load its best weights; returns the history (one row per epoch)."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.model = self.build_model(channels)
+        self.model = self.build_model(train.images.shape[1])
         module = self.training_module(self.model, train)
         es = cfg.train.early_stopping
         self.run_info["monitor"] = es.metric if es else module.monitor
@@ -151,13 +159,14 @@ class Recipe:
                           monitor=es.metric if es else None, mode=es.mode if es else None,
                           patience=es.patience if es else None, callbacks=callbacks, console=self.console,
                           step=(cfg.train.step_every, cfg.train.step_gamma))
-        started = time.perf_counter()
         history = trainer.fit(module, lambda epoch: self.train_batches(train, epoch),
                               lambda: self.eval_batches(val), steps_per_epoch=self.steps(train))
         self.model.load_state_dict(load_weights(run_dir / BEST_WEIGHTS))
         self.model.to(self.device)
-        self.finish(run_dir, history, val, time.perf_counter() - started)
-        return self.run_info
+        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["loop"]
+        self.run_info.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"])
+        (run_dir / CHECKPOINT).unlink()  # the best weights are kept; the resume state is not needed
+        return history
 
     def model_options(self) -> dict:
         """model.options, with spatial_dims following the data (2 for images, 3 for volumes) unless set."""
@@ -199,38 +208,40 @@ class Recipe:
 
         write_csv(run_dir / "history.csv", history)
         plot_history(history, run_dir / "training_curves.png", self.run_info.get("monitor"))
-        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["loop"]
-        best = next(r for r in history if r["epoch"] == state["best_epoch"])
-        self.run_info.update(finished=True, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-                             train_seconds=round(seconds, 1), device=str(self.device))
-        save_json(jsonable({"validation": best, "best_epoch": state["best_epoch"]}), run_dir / "metrics.json")
+        best_epoch = self.run_info["best_epoch"]
+        best = next(r for r in history if r["epoch"] == best_epoch)
+        self.run_info.update(finished=True, train_seconds=round(seconds, 1), device=str(self.device))
+        save_json(jsonable({"validation": best, "best_epoch": best_epoch}), run_dir / "metrics.json")
         self.val_figures(val, run_dir)
         save_json(jsonable(self.run_info), run_dir / RUN_FILE)
-        (run_dir / CHECKPOINT).unlink()  # the best weights are kept; the resume state is not needed
-        self.console.print(f"done: best epoch {state['best_epoch']}, run in {run_dir}")
+        self.console.print(f"done: best epoch {best_epoch}, run in {run_dir}")
 
     # -- inference -------------------------------------------------------------------------------
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "auto", console: Console | None = None) -> "Recipe":
         run_dir = Path(run_dir)
-        for name in (CONFIG_FILE, RUN_FILE, BEST_WEIGHTS):
+        from medsight.recipes import RECIPES
+
+        for name in (CONFIG_FILE, RUN_FILE):
             if not (run_dir / name).is_file():
                 raise InputError(run_dir, f"not a finished medsight run directory ({name} is missing)")
         cfg = parse_config(yaml.safe_load((run_dir / CONFIG_FILE).read_text()), str(run_dir / CONFIG_FILE))
-        from medsight.recipes import RECIPES
-
         recipe = RECIPES[cfg.recipe](cfg, console)
         recipe.run_info = json.loads((run_dir / RUN_FILE).read_text())
         if not recipe.run_info.get("finished"):
             raise InputError(run_dir, "training has not finished (resume it with medsight train)")
         recipe.device = select_device(device)
-        recipe.model = recipe.build_model(recipe.run_info["in_channels"])
+        recipe.restore(run_dir)
+        return recipe
+
+    def restore(self, run_dir: Path) -> None:
+        """Rebuild the trained model of a finished run from its files."""
+        self.model = self.build_model(self.run_info["in_channels"])
         try:
-            recipe.model.load_state_dict(load_weights(run_dir / BEST_WEIGHTS))
+            self.model.load_state_dict(read_weights(run_dir / BEST_WEIGHTS))
         except RuntimeError as exc:
             raise InputError(run_dir / BEST_WEIGHTS, f"weights do not fit the configured model ({exc})") from None
-        recipe.model.to(recipe.device).eval()
-        return recipe
+        self.model.to(self.device).eval()
 
     @torch.no_grad()
     def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
@@ -272,6 +283,16 @@ class Recipe:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out_dir
+
+
+def read_weights(path: Path) -> dict:
+    """The tensors of a run's safetensors file; a missing or damaged file is an InputError naming it."""
+    if not path.is_file():
+        raise InputError(path.parent, f"not a finished medsight run directory ({path.name} is missing)")
+    try:
+        return load_weights(path)
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(path, f"cannot read the weights ({exc})") from None
 
 
 def refuse_existing_output(out_dir: Path) -> None:
