@@ -190,6 +190,64 @@ def data_synth(out, n, size, seed):
     console.print(f"wrote {n} synthetic cases to {out}")
 
 
+@cli.command("features")
+@click.argument("kind", type=click.Choice(["glcm", "shape"]))
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option("--mask", "mask", type=click.Path(path_type=Path), help="Mask of a single image or volume INPUT.")
+@click.option("--format", "fmt", help="Input layout (detected when omitted).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="CSV file to write (must not exist).")
+@click.option("--bin-width", type=float, help="GLCM: grey-level bin width in image units (pyradiomics' default 25).")
+@click.option("--bin-count", type=int, help="GLCM: a fixed number of grey levels instead of a bin width.")
+@click.option("--distance", "distances", type=int, multiple=True, help="GLCM: pixel distance (repeatable; default 1).")
+@click.option("--coefficients", "n_coefficients", default=16, show_default=True,
+              help="shape (2D): number of Fourier descriptors.")
+def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, n_coefficients):
+    """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
+    one row per case in OUT, the settings beside it in OUT with the suffix .json."""
+    from medsight.features.extract import Settings, extract, single_case
+    from medsight.recipes.base import write_csv
+
+    settings_file = out.with_suffix(".json")
+    for target in (out, settings_file):
+        if target.exists():
+            raise MedsightError(f"{target}: exists; choose another --out")
+    if bin_width is not None and bin_count is not None:
+        raise click.UsageError("give --bin-width or --bin-count, not both")
+    if mask is not None:
+        if len(inputs) != 1:
+            raise click.UsageError("--mask goes with exactly one image or volume INPUT")
+        dataset = single_case(Path(inputs[0]), mask)
+    else:
+        dataset = _open_input(inputs, fmt)
+    settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
+                        n_coefficients=n_coefficients)
+    with _progress() as progress:
+        rows, rejected = extract(kind, dataset, settings,
+                                 lambda items: progress.track(items, description=f"{kind} features"))
+    _report_rejected(rejected)
+    if not rows:
+        raise MedsightError(f"{dataset.root}: no case could be described"
+                            + (f" ({rejected[0]})" if len(rejected) == 1 else f" ({len(rejected)} rejected)"))
+    import medsight
+    from medsight.engine.checkpoint import save_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    write_csv(partial, rows)
+    save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
+               "mask": None if mask is None else str(mask), "format": dataset.name, "settings": settings.as_dict(),
+               "cases": len(rows), "rejected": [str(r) for r in rejected], "features": list(rows[0])[1:]},
+              settings_file)
+    partial.rename(out)
+    console.print(f"{kind} features of {len(rows)} of {len(dataset)} cases -> {out} (settings: {settings_file})")
+
+
+def _progress():
+    from rich.progress import Progress
+
+    return Progress(console=console, transient=True, disable=not console.is_terminal)
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="RUN_DIR...")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="FILE.html or FILE.md")

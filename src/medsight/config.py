@@ -79,11 +79,24 @@ class PredictConfig(Section):
     one_vs_rest: list[str] | None = None  # classification: report these classes one-vs-rest from one softmax
 
 
+class HeadConfig(Section):
+    """The classical classifier of descriptor recipes: one per descriptor, their probabilities fused."""
+    name: Literal["svm", "boosted_mlp"] = "svm"
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the head (medsight.features.classifiers)
+    # several descriptors: average their heads' probabilities, majority vote, or one head on all side by side
+    fusion: Literal["mean", "vote", "concat"] = "mean"
+
+
+RECIPE_NAMES = ("segmentation", "classification", "multilabel", "descriptors", "fuse_tsd", "fgfv")
+
+
 class Config(Section):
-    recipe: Literal["segmentation", "classification", "multilabel"]
+    recipe: Literal[RECIPE_NAMES]
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig
+    model: ModelConfig | None = None  # the network; recipes that train one require it
+    features: dict[str, dict[str, Any]] = Field(default_factory=dict)  # descriptor name -> its options
+    head: HeadConfig = Field(default_factory=HeadConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)

@@ -2,6 +2,8 @@
 
 from medsight.recipes.base import Predictions, Recipe
 from medsight.recipes.classification import ClassificationRecipe
+from medsight.recipes.descriptors import DescriptorRecipe, FuseTSDRecipe
+from medsight.recipes.fgfv import FisherRecipe
 from medsight.recipes.multilabel import MultilabelRecipe
 from medsight.recipes.segmentation import SegmentationRecipe
 
@@ -9,7 +11,11 @@ RECIPES: dict[str, type[Recipe]] = {
     "classification": ClassificationRecipe,
     "segmentation": SegmentationRecipe,
     "multilabel": MultilabelRecipe,
+    "descriptors": DescriptorRecipe,
+    "fuse_tsd": FuseTSDRecipe,
+    "fgfv": FisherRecipe,
 }
 
 __all__ = ["RECIPES", "Recipe", "Predictions", "ClassificationRecipe", "SegmentationRecipe",
-           "MultilabelRecipe"]
+           "MultilabelRecipe",
+           "DescriptorRecipe", "FuseTSDRecipe", "FisherRecipe"]

@@ -28,7 +28,7 @@ from medsight.data.splits import split_samples
 from medsight.engine import Trainer, TrainingModule, epoch_seed, select_device
 from medsight.engine.checkpoint import load_weights, save_json
 from medsight.engine.loop import BEST_WEIGHTS, CHECKPOINT
-from medsight.errors import InputError, MedsightError
+from medsight.errors import ConfigError, InputError, MedsightError
 from medsight.metrics import jsonable
 from medsight.models import create_model
 from medsight.recipes.prepare import Loaded, batch_indices, channel_stats, load_samples, normalise
@@ -168,9 +168,16 @@ class Recipe:
         (run_dir / CHECKPOINT).unlink()  # the best weights are kept; the resume state is not needed
         return history
 
+    @property
+    def network(self):
+        """The config's model section; an error naming the key when the recipe needs one and it is absent."""
+        if self.cfg.model is None:
+            raise ConfigError(f"model: the {self.kind} recipe trains a network; give model.name")
+        return self.cfg.model
+
     def model_options(self) -> dict:
         """model.options, with spatial_dims following the data (2 for images, 3 for volumes) unless set."""
-        return {"spatial_dims": len(self.run_info["image_size"]), **self.cfg.model.options}
+        return {"spatial_dims": len(self.run_info["image_size"]), **self.network.options}
 
     def preprocess(self, channels: int | None):
         data = self.cfg.data
@@ -206,15 +213,18 @@ class Recipe:
     def finish(self, run_dir: Path, history: list[dict], val: Loaded, seconds: float) -> None:
         from medsight.report import plot_history
 
-        write_csv(run_dir / "history.csv", history)
-        plot_history(history, run_dir / "training_curves.png", self.run_info.get("monitor"))
-        best_epoch = self.run_info["best_epoch"]
-        best = next(r for r in history if r["epoch"] == best_epoch)
+        if history:
+            write_csv(run_dir / "history.csv", history)
+            plot_history(history, run_dir / "training_curves.png", self.run_info.get("monitor"))
+        best_epoch = self.run_info.get("best_epoch")
+        # recipes whose final model is not the network of one epoch say what validation gave
+        best = self.run_info.pop("validation", None) or next(r for r in history if r["epoch"] == best_epoch)
         self.run_info.update(finished=True, train_seconds=round(seconds, 1), device=str(self.device))
         save_json(jsonable({"validation": best, "best_epoch": best_epoch}), run_dir / "metrics.json")
         self.val_figures(val, run_dir)
         save_json(jsonable(self.run_info), run_dir / RUN_FILE)
-        self.console.print(f"done: best epoch {best_epoch}, run in {run_dir}")
+        self.console.print(f"done: run in {run_dir}" if best_epoch is None else
+                           f"done: best epoch {best_epoch}, run in {run_dir}")
 
     # -- inference -------------------------------------------------------------------------------
     @classmethod

@@ -76,7 +76,7 @@ class ClassificationRecipe(Recipe):
         return [s for s in dataset.samples if s.diagnosis is not None and s.split != "test"]
 
     def build_model(self, in_channels: int):
-        return create_model(self.cfg.model.name, in_channels=in_channels, num_classes=len(self.task.classes),
+        return create_model(self.network.name, in_channels=in_channels, num_classes=len(self.task.classes),
                             **self.model_options())
 
     def training_module(self, model, train: Loaded):

@@ -57,7 +57,7 @@ class SegmentationRecipe(Recipe):
         return samples
 
     def build_model(self, in_channels: int):
-        return create_model(self.cfg.model.name, in_channels=in_channels, num_classes=1, **self.model_options())
+        return create_model(self.network.name, in_channels=in_channels, num_classes=1, **self.model_options())
 
     def training_module(self, model, train: Loaded):
         return SegmenterModule(model, self.cfg.predict.threshold)

@@ -98,7 +98,8 @@ def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=(32.0, 32.0
 def nodule_views_pre(size: tuple[int, ...], channels: int | None, patches=("OA",), size_mm: float | None = None,
                      size_factor: float = 1.5, min_size_mm: float = 16.0, scaling: str = "minmax") -> Preprocess:
     """The 9 planar views of methods.md through the nodule centre, each as the chosen patch types
-    (OA, HVV, HS), stacked view-major along the channel axis: ``(9 * len(patches), S, S)``.
+    (OA, HVV, HS), stacked view-major along the channel axis: ``(9 * len(patches), S, S)``. With the
+    case's mask, also the nodule mask sampled on each output channel's plane, ``(9 * len(patches), S, S)``.
 
     The patch width is ``size_mm`` or ``max(size_factor x equivalent diameter, min_size_mm)``;
     1.5 rather than the views module's 2.0 because the shared LIDC VOIs are cut tight around the
@@ -111,9 +112,10 @@ def nodule_views_pre(size: tuple[int, ...], channels: int | None, patches=("OA",
 
     def apply(image, mask, sample):
         volume, nodule, centre = _nodule(image, mask, sample)
-        views = nodule_views(volume, nodule, sample.spacing, centre, size_mm, size[0], scaling=scaling,
-                             size_factor=size_factor, min_size_mm=min_size_mm)
-        return _to_uint8(views[:, chosen].reshape(-1, size[0], size[1])), None
+        views, planes = nodule_views(volume, nodule, sample.spacing, centre, size_mm, size[0], scaling=scaling,
+                                     size_factor=size_factor, min_size_mm=min_size_mm, return_masks=True)
+        view_masks = None if mask is None else np.repeat(planes, len(chosen), axis=0)  # one per output channel
+        return _to_uint8(views[:, chosen].reshape(-1, size[0], size[1])), view_masks
 
     return apply
 
