@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# pyradiomics, the reference the GLCM and shape tests compare with (they are skipped without it):
+	@# 3.1.0 on PyPI does not build, 3.0.1 does without build isolation
+	$(BIN)/python -c "import radiomics" 2>/dev/null || ($(BIN)/python -m pip install -q setuptools wheel && $(BIN)/python -m pip install -q pyradiomics==3.0.1 --no-build-isolation) \
+		|| echo "pyradiomics did not build: the tests that compare with it will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -30,7 +30,7 @@ def run_fold(config: str, data: Path, out: Path, fold: int, folds: int) -> dict:
                     "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
     info = json.loads(info_file.read_text())
     result = json.loads(result_file.read_text())
-    result["train_seconds"], result["epochs_run"] = info["train_seconds"], info["epochs_run"]
+    result["train_seconds"], result["epochs_run"] = info["train_seconds"], info.get("epochs_run", 0)
     result_file.write_text(json.dumps(result, indent=2))
     return result
 

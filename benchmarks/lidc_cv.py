@@ -1,8 +1,9 @@
-"""10-fold patient-level cross-validation of the nodule image baselines on the shared LIDC VOIs,
-next to logistic regression on the nodule diameter alone (the bar an image recipe must clear).
+"""10-fold patient-level cross-validation of the nodule recipes on the shared LIDC VOIs, next to
+logistic regression on the nodule diameter alone (the bar an image recipe must clear).
 
-Each fold k: ``medsight train configs/lidc_voi_{resnet3d,multiview}.yaml --set data.folds=10
---set data.fold=k``, then ``medsight evaluate RUN VOIS --split heldout``. The diameter peer is
+Each fold k: ``medsight train configs/<config>.yaml --set data.folds=10 --set data.fold=k``, then
+``medsight evaluate RUN VOIS --split heldout``, for the image baselines (resnet3d, multiview), the
+talk's descriptor baselines (3D GLCM + SVM, multi-view features + SVM) and Fuse-TSD. The diameter peer is
 fitted on the same training folds and scored on the same held-out fold. Finished folds are reused.
 
     python benchmarks/lidc_cv.py --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
@@ -22,7 +23,8 @@ from medsight.data import open_dataset
 from medsight.metrics import binary_metrics, format_table, summarize_repeats
 
 FOLDS = 10
-CONFIGS = ("configs/lidc_voi_resnet3d.yaml", "configs/lidc_voi_multiview.yaml")
+CONFIGS = ("configs/lidc_voi_resnet3d.yaml", "configs/lidc_voi_multiview.yaml", "configs/lidc_voi_glcm3d_svm.yaml",
+           "configs/lidc_voi_multiview_svm.yaml", "configs/lidc_voi_fuse_tsd.yaml")
 METRICS = ["ACC", "SEN", "SPE", "AUC"]
 
 
@@ -42,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "lidc_cv")
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, help="configs to cross-validate")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
@@ -49,7 +52,7 @@ def main() -> None:
     rows = {"diameter_mm + LR (peer)": summarize_repeats(
         diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)))}
     timings = {}
-    for config in CONFIGS:
+    for config in args.configs:
         name = Path(config).stem
         timings[name] = [run_fold(config, args.data, args.out, k, FOLDS) for k in range(FOLDS)]
         rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC, LinearSVC
 
@@ -132,7 +133,7 @@ class SVMHead(_ArrayState, ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         d = self.decision_function(X)
         if d.ndim == 1:
-            p = 1.0 / (1.0 + np.exp(-d))
+            p = expit(d)
             return np.stack([1 - p, p], 1)
         return _softmax(d)
 
