@@ -14,20 +14,24 @@ from medsight.data.splits import kfold_indices
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_fold(config: str, data: Path, out: Path, fold: int, folds: int) -> dict:
-    """Train ``config`` on every fold but ``fold`` (``--set data.folds/fold``) and evaluate it on
-    ``fold`` (``evaluate --split heldout``). A fold already scored is read back, not re-run."""
-    run_dir = out / Path(config).stem / f"fold{fold}"
-    result_file = run_dir / "heldout.json"
+def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, name: str | None = None,
+             overrides: tuple[str, ...] = (), split: str = "heldout") -> dict:
+    """Train ``config`` on every fold but ``fold`` (``--set data.folds/fold``; ``fold`` None: the
+    layout's own train/val split) with ``--set overrides``, and evaluate it on ``split`` (the
+    held-out fold by default). The run goes to ``out/<name or config>/fold<k>``; a run already
+    scored is read back, not re-run."""
+    run_dir = out / (name or Path(config).stem) / (f"fold{fold}" if fold is not None else "official")
+    result_file = run_dir / f"{split}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     info_file = run_dir / "run.json"
+    folding = [] if fold is None else ["--set", f"data.folds={folds}", "--set", f"data.fold={fold}"]
     if not (info_file.is_file() and json.loads(info_file.read_text()).get("finished")):
         subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
-                        "--out", str(run_dir), "--device", "cpu", "--set", f"data.folds={folds}",
-                        "--set", f"data.fold={fold}"], check=True)
+                        "--out", str(run_dir), "--device", "cpu", *folding,
+                        *[a for o in overrides for a in ("--set", o)]], check=True)
     subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
-                    "heldout", "--out", str(result_file), "--device", "cpu"], check=True)
+                    split, "--out", str(result_file), "--device", "cpu"], check=True)
     info = json.loads(info_file.read_text())
     result = json.loads(result_file.read_text())
     result["train_seconds"], result["epochs_run"] = info["train_seconds"], info.get("epochs_run", 0)

@@ -157,3 +157,23 @@ def test_fgfv_recipe_writes_membership_maps(tmp_path, capsys, encoding):
         assert Image.open(maps[0]).size == (60, 60)  # at the input image's size
     else:
         assert maps == []  # plain and improved FV have no membership
+
+
+@pytest.mark.slow
+def test_fgfv_reads_cnn_weights_instead_of_training(tmp_path):
+    base = ["--device", "cpu", "--set", "data.format=synthetic", "--set", "data.task=null",
+            "--set", "data.options={n: 40, size: 40, seed: 1}", "--set", "data.image_size=[40,40]",
+            "--set", "model.options.width=8", "--set", "features.fisher.n_components=4"]
+    first = tmp_path / "fgfv"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(first), "--epochs", "1", *base]) == 0
+    weights = first / "model.safetensors"
+    second = tmp_path / "fv"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(second), *base,
+                 "--set", "features.fisher.encoding=fv", "--set", f"features.fisher.cnn_weights={weights}"]) == 0
+    assert not (second / "history.csv").exists()  # no network training
+    a, b = load_file(str(weights)), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    missing = tmp_path / "nothing.safetensors"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(tmp_path / "x"), *base,
+                 "--set", f"features.fisher.cnn_weights={missing}"]) == 2
+    assert not (tmp_path / "x").exists()

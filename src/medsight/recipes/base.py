@@ -85,6 +85,9 @@ class Recipe:
     def val_figures(self, val: Loaded, run_dir: Path) -> None:
         """Figures written into the run directory after training."""
 
+    def validate(self) -> None:
+        """Check the config's recipe-specific settings before anything is read or written."""
+
     def split_label(self, task: Task | None, sample) -> int:
         """The class a sample is stratified by when validation (or a fold) is split off."""
         return task.label_of(sample.diagnosis) if task and sample.diagnosis is not None else 0
@@ -107,6 +110,7 @@ class Recipe:
         cfg = self.cfg
         run_dir = Path(run_dir)
         self.device = select_device(device)
+        self.validate()
         resuming = check_run_dir(run_dir, cfg)
         dataset = self.open_data()
         task = dataset.task(cfg.data.task) if dataset.tasks else None

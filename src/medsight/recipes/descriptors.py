@@ -44,6 +44,10 @@ class DescriptorRecipe(ClassificationRecipe):
         super().__init__(cfg, console)
         self.heads: dict[str, object] = {}
 
+    def validate(self) -> None:
+        self.computed()
+        self.new_head()
+
     # -- descriptors -------------------------------------------------------------------------
     def computed(self) -> dict[str, dict]:
         """The hand-crafted descriptors of ``features``, with their options."""

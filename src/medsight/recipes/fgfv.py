@@ -54,6 +54,13 @@ class FisherRecipe(DescriptorRecipe):
         own = {k: options.pop(k) for k in FISHER_DEFAULTS}
         return own, options
 
+    def validate(self) -> None:
+        super().validate()
+        self.new_encoder()
+        weights = self.fisher_options()[0]["cnn_weights"]
+        if weights and not Path(weights).is_file():
+            raise InputError(weights, "features.fisher.cnn_weights: file not found")
+
     def new_encoder(self):
         from medsight.features.fisher import FisherVector, ForegroundFisherVector
 
@@ -120,7 +127,7 @@ class FisherRecipe(DescriptorRecipe):
         report = load_pretrained(self.model, path)
         self.console.print(f"CNN weights from {path}: {report}")
         self.model.to(self.device)
-        save_weights(self.model, run_dir / BEST_WEIGHTS)  # the run holds everything it needs
+        save_weights(self.model.state_dict(), run_dir / BEST_WEIGHTS)  # the run holds everything it needs
         self.run_info["best_epoch"] = None
         return []
 

@@ -1,0 +1,71 @@
+"""FV vs IFV vs foreground FV on PH2 (5-fold patient-level CV) and on the ISIC-2017 validation set.
+
+The three encodings share one CNN per fold: ``configs/ph2_fgfv.yaml`` (or ``isic2017_fgfv.yaml``)
+trains it with the fgFV encoding, then the FV and IFV runs read its weights
+(``--set features.fisher.encoding=fv|ifv --set features.fisher.cnn_weights=<fgfv run>/model.safetensors``)
+so that only the encoding differs. Each run is scored with ``medsight evaluate --split heldout``
+(PH2) or ``--split val`` (ISIC-2017). Finished runs are reused.
+
+    python benchmarks/fisher_cv.py --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
+
+On a 2-core CPU the ISIC-2017 CNN is trained at ``--isic-size`` pixels (default 64) for
+``--isic-epochs`` epochs (default 15); pass ``--isic-size 128 --isic-epochs 30`` for the config's own setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cv_common import ROOT, run_fold, write_summary
+from medsight.metrics import format_table, summarize_repeats
+
+ENCODINGS = ("fgfv", "ifv", "fv")
+
+
+def compare(config: str, data: Path, out: Path, folds: list[int | None], n_folds: int, split: str,
+            extra: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """encoding -> one evaluation per fold, the FV and IFV runs reusing the fgFV run's CNN."""
+    stem = Path(config).stem
+    runs: dict[str, list[dict]] = {e: [] for e in ENCODINGS}
+    for fold in folds:
+        runs["fgfv"].append(run_fold(config, data, out, fold, n_folds, f"{stem}-fgfv", extra, split))
+        cnn = out / f"{stem}-fgfv" / (f"fold{fold}" if fold is not None else "official") / "model.safetensors"
+        for encoding in ("ifv", "fv"):
+            runs[encoding].append(run_fold(config, data, out, fold, n_folds, f"{stem}-{encoding}",
+                                           (*extra, f"features.fisher.encoding={encoding}",
+                                            f"features.fisher.cnn_weights={cnn}"), split))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    shared = ROOT.parent / "shared" / "datasets"
+    parser.add_argument("--ph2", type=Path, default=shared / "ph2")
+    parser.add_argument("--isic", type=Path, default=shared / "isic2017")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "fisher_cv")
+    parser.add_argument("--isic-size", type=int, default=64)
+    parser.add_argument("--isic-epochs", type=int, default=15)
+    parser.add_argument("--skip-isic", action="store_true")
+    args = parser.parse_args()
+    sections, timings = [], {}
+    if args.ph2.exists():
+        runs = compare("configs/ph2_fgfv.yaml", args.ph2, args.out, list(range(5)), 5, "heldout")
+        rows = {f"{e} (ph2_fgfv)": summarize_repeats([r["metrics"] for r in runs[e]]) for e in ENCODINGS}
+        sections.append(("PH2 melanoma vs nevus, held-out folds (mean ± std over 5 folds):",
+                         format_table(rows, ["AUC", "ACC", "SEN", "SPE"], style="markdown")))
+        timings.update({f"ph2 {e}": runs[e] for e in ENCODINGS})
+    if args.isic.exists() and not args.skip_isic:
+        extra = (f"data.image_size=[{args.isic_size},{args.isic_size}]", f"train.epochs={args.isic_epochs}")
+        runs = compare("configs/isic2017_fgfv.yaml", args.isic, args.out, [None], 1, "val", extra)
+        columns = ["melanoma AUC", "seborrheic_keratosis AUC", "mean AUC"]
+        rows = {f"{e} (isic2017_fgfv, {args.isic_size} px)": runs[e][0]["metrics"] for e in ENCODINGS}
+        sections.append(("ISIC-2017 validation set (150 images), one-vs-rest AUC from one 3-class model:",
+                         format_table(rows, columns, style="markdown")))
+        timings.update({f"isic {e}": runs[e] for e in ENCODINGS})
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_summary(args.out, sections, timings)
+
+
+if __name__ == "__main__":
+    main()
