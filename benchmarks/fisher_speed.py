@@ -28,8 +28,8 @@ def descriptor_sets(rng, n, prototypes, t, noise):
     d = prototypes.shape[1]
     sets = []
     for _ in range(n):
-        x = prototypes[rng.integers(0, len(prototypes), t)] + noise / np.sqrt(d) * rng.normal(size=(t, d))
-        x = np.maximum(x, 0)  # ReLU features
+        x = prototypes[rng.integers(0, len(prototypes), t)]
+        x = np.maximum(x + noise / np.sqrt(d) * rng.normal(size=(t, d)), 0)  # ReLU features
         sets.append(x / np.linalg.norm(x, axis=1, keepdims=True))
     return sets
 
@@ -68,18 +68,22 @@ def main() -> None:
     post = sk_gmm.predict_proba(np.concatenate(images))
     hard = (post > 1e-4).sum(1).mean()
 
+    sk_name = "skimage.feature.fisher_vector, per image"
     runs = {
         "medsight, batched (fisher_vectors)": lambda xs: fisher_vectors(xs, *gmm),
         "medsight, per image (fisher_vector)": lambda xs: np.stack([fisher_vector(x, *gmm) for x in xs]),
-        "skimage.feature.fisher_vector, per image": lambda xs: np.stack([sk_fisher_vector(x, sk_gmm, improved=True) for x in xs]),
+        sk_name: lambda xs: np.stack([sk_fisher_vector(x, sk_gmm, improved=True) for x in xs]),
     }
     try:
         from cyvlfeat.fisher import fisher as vl_fisher
 
-        means32, vars32, w32 = (a.astype(np.float32) for a in (fv.means_, fv.variances_, fv.weights_))
+        # cyvlfeat wants float32 with one column per descriptor / component
+        means32, vars32 = (np.ascontiguousarray(a.T, np.float32) for a in (fv.means_, fv.variances_))
+        w32 = fv.weights_.astype(np.float32)
         runs["VLFeat (cyvlfeat), per image"] = lambda xs: np.stack(
-            [vl_fisher(x.astype(np.float32), means32, vars32, w32, improved=True) for x in xs])
-        vlfeat = "cyvlfeat imported"
+            [np.ravel(vl_fisher(np.ascontiguousarray(x.T, np.float32), means32, vars32, w32, improved=True))
+             for x in xs])
+        vlfeat = "VLFeat through cyvlfeat (float32, posteriors below 1e-6 skipped)"
     except ImportError:
         vlfeat = "cyvlfeat is not importable here: VLFeat not measured"
 
@@ -94,21 +98,26 @@ def main() -> None:
     ms = {name: 1e3 * float(np.median(v)) / args.images for name, v in times.items()}
 
     # value checks on the matching parts (mean and variance gradients)
-    sk = codes["skimage.feature.fisher_vector, per image"]
+    sk = codes[sk_name]
     ref = np.concatenate([sk[:, k:k + k * d], -sk[:, k + k * d:]], axis=1)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     ours = codes["medsight, batched (fisher_vectors)"]
     exact = fisher_vectors(images, *gmm, min_posterior=0.0)
     checks = {
         "batched vs per image": max_rel_diff(ours, codes["medsight, per image (fisher_vector)"]),
-        "min_posterior=0 vs skimage": max_rel_diff(exact, ref),
-        "min_posterior=1e-4 (default) vs skimage": max_rel_diff(ours, ref),
+        "min_posterior=0 vs skimage (same definition)": max_rel_diff(exact, ref),
+        "min_posterior=1e-4 (default) vs skimage (no threshold)": max_rel_diff(ours, ref),
     }
+    if "VLFeat (cyvlfeat), per image" in codes:
+        checks["VLFeat vs skimage"] = max_rel_diff(codes["VLFeat (cyvlfeat), per image"], ref)
 
-    sk_ms = ms["skimage.feature.fisher_vector, per image"]
+    sk_ms = ms[sk_name]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    from threadpoolctl import threadpool_info
+
+    blas = ", ".join(f"{p['internal_api']} {p['num_threads']} threads" for p in threadpool_info())
     print(f"T={t} descriptors of D={d} per image, K={k}, {args.images} images, median of "
-          f"{args.repeats} repeats; {os.cpu_count()} CPUs, load average {load}")
+          f"{args.repeats} repeats; {os.cpu_count()} CPUs ({blas}), load average {load}")
     print(f"GMM fit (FisherVector.fit, {sum(map(len, train))} descriptors): {fit_s:.1f} s")
     print(f"components with posterior > 1e-4 per descriptor: {hard:.3f}")
     print(vlfeat)
@@ -121,7 +130,8 @@ def main() -> None:
     print("max |difference| / max |value| of the IFV mean and variance parts:")
     for name, value in checks.items():
         print(f"- {name}: {value:.2e}")
-    assert checks["batched vs per image"] < 1e-12 and checks["min_posterior=0 vs skimage"] < 1e-9
+    assert checks["batched vs per image"] < 1e-12
+    assert checks["min_posterior=0 vs skimage (same definition)"] < 1e-5
 
 
 if __name__ == "__main__":
