@@ -166,5 +166,6 @@ def _describe(info: dict) -> str:
     task = info.get("task") or {}
     return (f"{info.get('recipe')} recipe on {data.get('format')} ({data.get('root')}): "
             f"{data.get('train')} training / {data.get('val')} validation cases; task {task.get('name')} "
-            f"({', '.join(task.get('classes', []))}); best epoch {info.get('best_epoch')} of "
-            f"{info.get('epochs_run')}; {info.get('train_seconds')} s on {info.get('device')}")
+            f"({', '.join(task.get('classes', []))}); "
+            + (f"best epoch {info['best_epoch']} of {info.get('epochs_run')}; " if info.get("best_epoch") else "")
+            + f"{info.get('train_seconds')} s on {info.get('device')}")
