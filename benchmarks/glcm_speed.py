@@ -1,6 +1,6 @@
 """GLCM speed: medsight against pyradiomics and mahotas on the same volumes, in the same run.
 
-    .venv/bin/python benchmarks/glcm_speed.py [--repeats 30] [--batch 16] [--device cuda]
+    .venv/bin/python benchmarks/glcm_speed.py [--repeats 30] [--batch 16] [--threads 1] [--device cuda]
 
 For 32^3 and 64^3 volumes of HU-like texture (smoothed noise, integer HU) under an irregular ball mask,
 bin width 25, distance 1, 13 directions, all 24 pyradiomics features, it times (median of repeats):
@@ -12,14 +12,22 @@ bin width 25, distance 1, 13 directions, all 24 pyradiomics features, it times (
   mahotas has no mask: the levels are 0 outside the mask and ignore_zeros drops those pairs. It computes
   13 Haralick features (no MCC), and its discretisation is not timed.
 
-It checks that medsight's values equal pyradiomics' (largest relative difference over the 24 features)
-and prints a markdown table with the ratios pyradiomics / medsight and mahotas / medsight.
+The per-volume calls of the three libraries are timed in turns (each round: a few calls of each, the first
+untimed to warm the caches), so that a change of machine load during the run weighs on all of them alike;
+the ratios are the ones to quote.
+``--threads N`` limits the BLAS/OpenMP pools (threadpoolctl) of every library for the whole run; the
+header records the setting either way. It checks that medsight's values equal pyradiomics' (largest
+relative difference over the 24 features) and prints a markdown table with the ratios
+pyradiomics / medsight and mahotas / medsight.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import platform
 import time
 
 import numpy as np
@@ -43,13 +51,21 @@ def volume(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: imports, caches
-    times = []
+    return interleaved_ms({"fn": fn}, repeats)["fn"]
+
+
+def interleaved_ms(fns: dict, repeats: int, burst: int = 3) -> dict:
+    """Median ms per call of each function, timed in turns: every round calls each one `burst` times in a
+    row and times all but the first, which warms the caches up after the other functions ran."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+        for name, fn in fns.items():
+            fn()
+            for _ in range(burst - 1):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def pyradiomics_runner(image, mask):
@@ -79,6 +95,36 @@ def mahotas_runner(image, mask):
     return lambda: mahotas.features.haralick(levels, ignore_zeros=True, return_mean=True)
 
 
+def version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def thread_setting(threads: int | None) -> str:
+    """What the run's thread pools were: the --threads limit, OMP_NUM_THREADS, and each BLAS pool's size."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = ", ".join(f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info())
+    except ImportError:
+        pools = "threadpoolctl not installed"
+    limit = f"--threads {threads}" if threads else "no --threads limit"
+    return f"{limit}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; pools: {pools or 'none loaded'}"
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None):
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        yield
+
+
 # mahotas' features with the same definition as a pyradiomics one (ASM, contrast, correlation, IDM, entropy)
 MAHOTAS_SAME = {0: "JointEnergy", 1: "Contrast", 2: "Correlation", 4: "Idm", 8: "JointEntropy"}
 
@@ -89,58 +135,82 @@ def max_rel_diff(got: dict, want: dict) -> tuple[float, str]:
     return rel[worst], worst
 
 
+def fmt_ms(ms: float | None) -> str:
+    return "absent" if ms is None else f"{ms:.2f}"
+
+
+def fmt_ratio(num: float | None, den: float) -> str:
+    return "n/a" if num is None else f"{num / den:.1f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16, help="volumes per glcm_features_batch call")
+    parser.add_argument("--threads", type=int, default=None, help="limit every BLAS/OpenMP pool to N threads")
     parser.add_argument("--device", default=None, help="also time the torch path on this device (cpu, cuda)")
     args = parser.parse_args()
+    with thread_limit(args.threads):
+        rows, notes, threads = run(args)
+    print_table(args, rows, notes, threads)
 
+
+def run(args):
     rows, notes = [], []
     for n in (32, 64):
         image, mask = volume(n, seed=n)
         n_levels = discretize(image, mask, bin_width=BIN_WIDTH)[1]
         reps = args.repeats if n == 32 else max(5, args.repeats // 3)
-        ours = median_ms(lambda: glcm_features(image, mask, bin_width=BIN_WIDTH), reps)
+        fns = {"ours": lambda: glcm_features(image, mask, bin_width=BIN_WIDTH)}
+        pyrad, mah = pyradiomics_runner(image, mask), mahotas_runner(image, mask)
+        if pyrad is not None:
+            fns["pyradiomics"] = pyrad
+        if mah is not None:
+            fns["mahotas"] = mah
+        ms = interleaved_ms(fns, reps)
+
         batch = [volume(n, seed=n + i) for i in range(args.batch)]
         images, masks = [b[0] for b in batch], [b[1] for b in batch]
         batched = median_ms(lambda: glcm_features_batch(images, masks, bin_width=BIN_WIDTH), max(5, reps // 4))
-        batched /= args.batch
         on_device = None
         if args.device:
-            glcm_features(image, mask, bin_width=BIN_WIDTH, device=args.device)
             on_device = median_ms(lambda: glcm_features(image, mask, bin_width=BIN_WIDTH, device=args.device), reps)
 
-        values = glcm_features(image, mask, bin_width=BIN_WIDTH)
-        pyrad, diff = pyradiomics_runner(image, mask), "n/a"
-        pyrad_ms = mah_ms = float("nan")
-        if pyrad is None:
-            notes.append("pyradiomics is not installed: its column is empty")
-        else:
-            pyrad_ms = median_ms(pyrad, max(5, reps // 3))
+        values, diff = glcm_features(image, mask, bin_width=BIN_WIDTH), "n/a (pyradiomics absent)"
+        if pyrad is not None:
             reference = pyrad()
             rel, worst = max_rel_diff(values, reference)
             diff = f"{rel:.1e} ({worst})"
-        mah = mahotas_runner(image, mask)
-        if mah is None:
-            notes.append("mahotas is not installed: its column is empty")
-        else:
-            mah_ms = median_ms(mah, reps)
-            if pyrad is not None:
+            if mah is not None:
                 m = mah()
                 rel = max(abs(m[i] - reference[k]) / abs(reference[k]) for i, k in MAHOTAS_SAME.items())
                 notes.append(f"{n}^3: mahotas vs pyradiomics on the 5 shared definitions: max rel. diff {rel:.1e}")
-        rows.append((f"{n}^3", int(mask.sum()), n_levels, ours, batched, on_device, pyrad_ms, mah_ms, diff))
+        rows.append((f"{n}^3", int(mask.sum()), n_levels, ms["ours"], batched / args.batch, on_device,
+                     ms.get("pyradiomics"), ms.get("mahotas"), diff))  # fmt: skip
+    return rows, notes, thread_setting(args.threads)
 
+
+def print_table(args, rows, notes, threads) -> None:
+    pyrad_v, mahotas_v = version("radiomics"), version("mahotas")
+    rounds = f"{args.repeats} rounds at 32^3, {max(5, args.repeats // 3)} at 64^3"
+    print(f"GLCM, {len(GLCM_FEATURES)} features, bin width {BIN_WIDTH}, distance 1, 13 directions; ms per volume "
+          f"(median; per-volume calls timed in turns, {rounds}, 2 warm calls each)\n")  # fmt: skip
+    print(f"- pyradiomics: {pyrad_v or 'not installed (its columns say absent)'}; "
+          f"mahotas: {mahotas_v or 'not installed (its columns say absent)'}; "
+          f"numpy {np.__version__}, scipy {version('scipy')}, Python {platform.python_version()}")  # fmt: skip
+    print(f"- threads: {threads}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at the end of the run\n")
     device_col = f" ours on {args.device} |" if args.device else ""
-    print(f"GLCM, {len(GLCM_FEATURES)} features, bin width {BIN_WIDTH}, 13 directions; ms per volume (median)\n")
     print(f"| volume | mask voxels | Ng | ours | ours batched (x{args.batch}) |{device_col} pyradiomics | mahotas "
           "| pyradiomics / ours | mahotas / ours | max rel. diff vs pyradiomics |")
     print("|---" * (10 + bool(args.device)) + "|")
     for name, voxels, ng, ours, batched, on_device, pyrad_ms, mah_ms, diff in rows:
         dev = f" {on_device:.2f} |" if args.device else ""
-        print(f"| {name} | {voxels} | {ng} | {ours:.2f} | {batched:.2f} |{dev} {pyrad_ms:.2f} | {mah_ms:.2f} "
-              f"| {pyrad_ms / ours:.1f}x | {mah_ms / ours:.1f}x | {diff} |")
+        print(f"| {name} | {voxels} | {ng} | {ours:.2f} | {batched:.2f} |{dev} {fmt_ms(pyrad_ms)} | {fmt_ms(mah_ms)} "
+              f"| {fmt_ratio(pyrad_ms, ours)} | {fmt_ratio(mah_ms, ours)} | {diff} |")
+    notes = [f"{lib} is not installed: its column says absent and its ratio n/a"
+             for lib, v in (("pyradiomics", pyrad_v), ("mahotas", mahotas_v)) if v is None] + notes
     notes += [
         "pyradiomics: RadiomicsGLCM(image, mask, binWidth=25) + execute(), so its discretisation is timed too",
         "mahotas has no mask: it gets the discretised volume, 0 outside the mask, with ignore_zeros=True; "

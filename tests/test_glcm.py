@@ -146,6 +146,56 @@ def test_independent_pairs_have_zero_information_measures():
     assert f["Correlation"] == pytest.approx(0, abs=1e-15) and f["MCC"] == pytest.approx(0, abs=1e-7)
 
 
+def mcc_reference(P: np.ndarray) -> float:
+    """pyradiomics' MCC without its eps: sqrt of the second largest eigenvalue of Q = (P / px)(P / py)^T,
+    from a general (non-symmetric) eigensolver, averaged over the offsets that have pairs."""
+    values = []
+    for counts in P:
+        if counts.sum() == 0:
+            continue
+        p = counts / counts.sum()
+        px, py = p.sum(axis=1), p.sum(axis=0)
+        a = np.divide(p, px[:, None], out=np.zeros_like(p), where=px[:, None] > 0)
+        b = np.divide(p, py[None, :], out=np.zeros_like(p), where=py[None, :] > 0)
+        eig = np.sort(np.linalg.eigvals(a @ b.T).real)
+        values.append(math.sqrt(max(eig[-2], 0.0)))
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mcc_equals_the_eigenvalue_definition(symmetric):
+    """Levels absent from some offsets' rows (a sparse mask over coarse noise) exercise the zero-row path."""
+    rng = np.random.default_rng(11)
+    image = ndimage.gaussian_filter(rng.normal(0, 100, (12, 13, 14)), 1.5)
+    mask = rng.random(image.shape) > 0.6
+    P, _ = glcm_matrices(image, mask, bin_width=5, symmetric=symmetric)
+    got = glcm_features(image, mask, bin_width=5, symmetric=symmetric, features="MCC")["MCC"]
+    assert got == pytest.approx(mcc_reference(P), rel=1e-10)
+
+
+def test_mcc_is_one_for_two_separate_textures():
+    """Levels {1, 2} and {3, 4} never meet: P is block-diagonal, its second eigenvalue is 1 like its first."""
+    board = 25.0 * (np.indices((8, 16)).sum(axis=0) % 2)
+    image = np.where(np.arange(16) < 8, board, 50 + board)
+    mask = np.ones(image.shape, bool)
+    mask[:, 7:9] = False  # a gap wider than the distance keeps the two apart
+    assert glcm_features(image, mask, bin_width=25, features="MCC")["MCC"] == pytest.approx(1, abs=1e-12)
+
+
+def test_second_eigenvalues_equal_eigvalsh_on_their_rows():
+    from medsight.features.glcm import _second_eigenvalues
+
+    rng = np.random.default_rng(2)
+    b = rng.random((6, 9, 9))
+    s = b @ b.transpose(0, 2, 1)
+    rows = np.ones((6, 9), bool)
+    rows[1, [0, 4]] = rows[2, 1:] = rows[3, :7] = False  # rows 0 and 4 out; one row left; two rows left
+    s = s * rows[:, :, None] * rows[:, None, :]
+    s[4] = np.diag([1.0, 1.0, 0.5, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0])  # a repeated top eigenvalue
+    want = np.array([np.linalg.eigvalsh(m[r][:, r])[-2] if r.sum() > 1 else 0.0 for m, r in zip(s, rows)])
+    np.testing.assert_allclose(_second_eigenvalues(s, rows), want, rtol=1e-13, atol=1e-13)
+
+
 # ------------------------------------------------------------------ discretisation
 
 
@@ -274,11 +324,15 @@ def test_offsets_and_discretisation_equal_pyradiomics():
 
     angles = cMatrices.generate_angles(np.array([9, 9, 9]), np.array([1]), False, False, 0)
     np.testing.assert_array_equal(offsets(3), angles)
-    image, mask = volumes()["noise"]
-    for settings in ({"binWidth": 25}, {"binWidth": 7.5}, {"binCount": 13}):
+    noise, mask = volumes()["noise"]
+    hu = noise.round()  # integer HU stored as float: the integer formula, which must give the same levels
+    cases = [(image, settings) for image in (noise, hu, hu.astype(np.float32), hu.astype(np.int16))
+             for settings in ({"binWidth": 25}, {"binWidth": 7.5}, {"binCount": 13})]
+    cases.append((hu.astype(np.float32) * 1e5, {"binWidth": 3e6}))  # beyond float32's exact integers
+    for image, settings in cases:
         want, _ = imageoperations.binImage(image, mask, **settings)
         got, _ = discretize(image, mask, bin_width=settings.get("binWidth"), bin_count=settings.get("binCount"))
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, want, err_msg=f"{image.dtype} {settings}")
 
 
 # ------------------------------------------------------------------ batches and the torch path
