@@ -99,3 +99,10 @@ def test_bad_input_is_a_clear_error():
         BoostedMLP().fit(X, y)
     with pytest.raises(FeatureError, match="labels"):
         SVMHead().fit(np.ones((5, 2)), [0, 1])
+
+
+def test_svm_without_standardising_sees_the_raw_input():
+    X, y = _data()
+    head = SVMHead(kernel="linear", C=0.5, standardize=False).fit(X, y)
+    ref = LinearSVC(C=0.5, class_weight="balanced", max_iter=20000, random_state=0).fit(X, y)
+    np.testing.assert_allclose(head.decision_function(X), ref.decision_function(X), rtol=1e-9, atol=1e-9)
