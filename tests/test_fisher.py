@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import (
 )
 
 from medsight.errors import FeatureError
+from medsight.features import fisher
 from medsight.features.fisher import (
     FisherVector,
     ForegroundFisherVector,
@@ -98,9 +99,10 @@ def test_agrees_with_skimage(fitted, improved):
         assert_rel(ours, ref, 1e-6)
 
 
-@pytest.mark.parametrize("min_posterior", [0.0, 1e-4, 0.05])
+@pytest.mark.parametrize("min_posterior", [0.0, 1e-4, 0.05, 0.45, 1 - 1e-7])
 def test_fast_path_equals_dense(min_posterior):
-    """Hard and soft posteriors mixed; batched, per set and float32 input give the dense values."""
+    """Hard and soft posteriors mixed; batched, per set and float32 input give the dense values
+    (1 - 1e-7: tops near the threshold)."""
     rng = np.random.default_rng(1)
     k, d = 6, 8
     w = rng.dirichlet(np.ones(k))
@@ -116,6 +118,38 @@ def test_fast_path_equals_dense(min_posterior):
     x32 = [x.astype(np.float32) for x in sets]
     want32 = np.stack([dense_fv(x, w, mu, var, min_posterior) for x in x32])
     assert_rel(fisher_vectors(x32, w, mu, var, False, min_posterior), want32, 1e-8)
+
+
+def test_chunks_pieces_and_empty_sets_equal_dense(monkeypatch):
+    """Chunks of 16 descriptors: a set split into pieces, sets packed into one chunk with an empty
+    set between them (written apart), empty sets as zero codes (the fgFV case)."""
+    monkeypatch.setattr(fisher, "_CHUNK_ROWS", 16)
+    rng = np.random.default_rng(5)
+    k, d = 5, 6
+    w = rng.dirichlet(np.ones(k))
+    mu = rng.normal(0, 2, (k, d))
+    var = rng.uniform(0.3, 2.0, (k, d))
+    sizes = [40, 3, 5, 0, 4, 20, 0, 2, 33]
+    sets = [mu[rng.integers(0, k, t)] + rng.normal(0, 1.2, (t, d)) for t in sizes]
+    gmm = fisher._gmm_of(w, mu, var)
+    for min_posterior in (0.0, 1e-4):
+        got = gmm.encode(sets, False, min_posterior, empty_is_zero=True)
+        for x, code in zip(sets, got):
+            if len(x):  # (posteriors to within 1e-6: at 0, the float32 ones show at 1e-8)
+                assert_rel(code, dense_fv(x, w, mu, var, min_posterior), 1e-7)
+            else:
+                assert not code.any()
+
+
+def test_gmm_constants_follow_in_place_changes():
+    """The GMM constants are cached between calls, but not past a change of the parameters."""
+    rng = np.random.default_rng(6)
+    w, mu, var = np.full(3, 1 / 3), rng.normal(0, 2, (3, 4)), np.ones((3, 4))
+    x = rng.normal(0, 2, (30, 4))
+    first = fisher_vector(x, w, mu, var, improved=False)
+    assert_rel(first, dense_fv(x, w, mu, var, 1e-4), 1e-8)
+    mu += 0.5
+    assert_rel(fisher_vector(x, w, mu, var, improved=False), dense_fv(x, w, mu, var, 1e-4), 1e-8)
 
 
 def test_float32_screen_falls_back_when_rounding_is_large():

@@ -14,18 +14,19 @@ and its variance part is -v_k).
 Choices made where the sources are open:
 
 - Posteriors below `min_posterior` are set to zero and the others are not renormalised (VLFeat
-  does the same below 1e-6). CNN descriptors have nearly hard posteriors (about 1.2 components
+  does the same below 1e-6). CNN descriptors have nearly hard posteriors (about 1.3 components
   above 1e-4 each), so the gradients are summed only over the remaining (descriptor, component)
-  pairs, with one sparse product per batch of images. The threshold is part of the definition:
-  the signed square root magnifies what it drops, so IFV codes at 1e-4 differ from those at 0
-  by up to about 1e-2 of their largest entry on CNN-like data.
-- Precision: the (T, K) log-likelihoods come from one float32 matrix product on [x, x^2] (the
+  pairs, with one sparse product per chunk of about 512 descriptors. The threshold is part of the
+  definition: the signed square root magnifies what it drops, so IFV codes at 1e-4 differ from
+  those at 0 by up to about 1e-2 of their largest entry on CNN-like data.
+- Precision: the (T, K) log-likelihoods come from one float32 matrix product on [x, x^2, 1] (the
   dominant cost; float32 has twice the float64 throughput). A worst-case bound on its rounding
   error is evaluated per descriptor, and every descriptor whose posteriors it could move by more
-  than 1e-6 (those with a second component that is not negligible: about 20 % of CNN
-  descriptors) is redone in float64; the gradient sums and the codes are float64. Against a
-  dense float64 computation of the same definition, FV codes agree to about 1e-9 of their
-  largest entry and IFV codes (the square root magnifies small entries) to about 1e-7.
+  than 1e-6 in all, or one of them across min_posterior (those with a second component that is
+  not negligible: about 20 % of CNN descriptors), is redone in float64; in the others only the
+  top component is left. The gradient sums and the codes are float64. Against a dense float64
+  computation of the same definition, FV codes agree to about 1e-9 of their largest entry and
+  IFV codes (the square root magnifies small entries) to about 1e-7.
 - An empty descriptor set is an error (FeatureError), not a zero code: an image without
   descriptors is almost always an upstream bug (an empty mask, a wrong crop).
 - The fgFV choices are listed on ForegroundFisherVector.
@@ -43,7 +44,8 @@ from sklearn.utils.validation import check_is_fitted
 from medsight.errors import FeatureError
 
 _TOL = 1e-6  # largest posterior error the float32 screen may leave in a row
-_CHUNK_ROWS = 512  # descriptors encoded together: a GEMM large enough to be efficient, in cache
+_CHUNK_ROWS = 512  # descriptors encoded together: few BLAS calls, arrays mostly in cache
+_GMMS = []  # the last few (parameters, _Gmm) built, newest last (see _gmm_of)
 
 
 def fisher_vector(descriptors, weights, means, variances, improved=True, min_posterior=1e-4):
@@ -53,9 +55,22 @@ def fisher_vector(descriptors, weights, means, variances, improved=True, min_pos
 
 def fisher_vectors(descriptor_sets, weights, means, variances, improved=True, min_posterior=1e-4):
     """Fisher vectors of many descriptor sets at once: (n, 2*K*D). Faster than one call per set."""
-    gmm = _Gmm(weights, means, variances)
+    gmm = _gmm_of(weights, means, variances)
     sets = _as_sets(descriptor_sets, gmm.d)
     return gmm.encode(sets, improved, min_posterior)
+
+
+def _gmm_of(weights, means, variances):
+    """The _Gmm of these parameters. Its constants cost about as much as encoding an image, so the
+    last few are kept, and reused while the parameters are equal (compared by value, ~20 us)."""
+    params = [np.asarray(a, dtype=np.float64) for a in (weights, means, variances)]
+    for known, gmm in reversed(_GMMS.copy()):  # (a copy: other threads may append)
+        if all(a.shape == b.shape and (a == b).all() for a, b in zip(params, known)):
+            return gmm
+    gmm = _Gmm(*params)
+    _GMMS.append(([a.copy() for a in params], gmm))
+    del _GMMS[:-4]
+    return gmm
 
 
 class _Gmm:
@@ -75,110 +90,167 @@ class _Gmm:
         iv = 1.0 / var
         # exact log-likelihoods, of x centred at the mixture mean (fewer digits cancel on
         # uncentred data): log(w_k N(x)) = c_k + x.(mu_k/var_k) - x^2.(1/var_k)/2, with the
-        # -D/2 log(2 pi) that all components share dropped
+        # -D/2 log(2 pi) that all components share dropped (w64: the two (D, K) weights)
         self.ref = w @ mu
         muc = mu - self.ref
-        self.w64 = np.concatenate([(muc * iv).T, -0.5 * iv.T])  # (2D, K), applied to [x, x^2]
+        self.w64 = (np.ascontiguousarray((muc * iv).T), np.ascontiguousarray(-0.5 * iv.T))
         self.c64 = np.log(w) - 0.5 * np.log(var).sum(1) - 0.5 * (muc * muc * iv).sum(1)
-        # float32 screen on x itself, with what all components share taken out (posteriors do
-        # not change) to shrink the terms and hence the rounding, which is at most
-        # (2D + 6) eps sum_i |a_i| max_k |w_ik| + 2 eps max |c| for a = [x, x^2]
+        # float32 screen: logits of a = [x, x^2, 1], with what all components share taken out
+        # (posteriors do not change) to shrink the terms and hence the rounding, which is at most
+        # (2D + 6) eps sum_i |a_i| max_k |w_ik| + 2 eps max |c| (c: the last row)
         w32 = np.concatenate([(mu * iv).T, -0.5 * iv.T])
         c32 = np.log(w) - 0.5 * np.log(var).sum(1) - 0.5 * (mu * mu * iv).sum(1)
         w32, c32 = w32 - w32.mean(1, keepdims=True), c32 - c32.mean()
-        self.w32 = tuple(np.ascontiguousarray(half, np.float32) for half in (w32[:d], w32[d:]))
-        self.c32 = c32.astype(np.float32)
-        eps = float(np.finfo(np.float32).eps)
+        self.w32 = np.vstack([w32, c32]).astype(np.float32)
         wmax = np.abs(w32).max(1)
-        self._bound = ((2 * d + 6) * eps, float(np.linalg.norm(wmax[:d])),
-                       wmax[d:].astype(np.float32), 2 * eps * float(np.abs(c32).max()))
-        # codes from the sums S0, S1, S2 of g/T * (1, x, x^2):
-        # u = S1 a1 + S0 a0 and v = S2 q2 + S1 q1 + S0 q0
-        sw, isd = np.sqrt(w)[:, None], np.sqrt(iv)
-        s2w = np.sqrt(2.0) * sw
-        self.a1, self.a0 = isd / sw, -mu * isd / sw
-        self.q2, self.q1, self.q0 = iv / s2w, -2 * mu * iv / s2w, (mu * mu * iv - 1) / s2w
+        # x^2 @ q32 = [sum x^2, x^2 . max_k |w_ik|], for that bound (float32 sums of positive
+        # terms, off by less than 2D eps: the 1.01)
+        self.q32 = np.stack([np.ones(d), wmax[d:]], 1).astype(np.float32)
+        eps = float(np.finfo(np.float32).eps)
+        self._bound = (1.01 * (2 * d + 6) * eps, float(np.linalg.norm(wmax[:d])),
+                       2 * eps * float(np.abs(c32).max()))
+        # codes: with S_j = sum_t g_tk x_t^j / T, one sparse product gives the centred sums
+        # T1 = S1 - S0 mu and T2 = S2 - S0 (mu^2 + var) (by K rows `centre` weighted by -S0 below
+        # the descriptors' [x, x^2]), and u = a1 T1, v = q2 T2 + c2 T1
+        self.centre = np.hstack([mu, mu * mu + var])
+        sw = np.sqrt(w)[:, None]
+        self.a1 = np.sqrt(iv) / sw
+        self.q2 = iv / (np.sqrt(2.0) * sw)
+        self.c2 = -2.0 * mu * self.q2
 
     def posteriors(self, x, min_posterior=0.0):
         """(n, K) float64 posteriors of x, to within _TOL, and zeroed below min_posterior."""
-        n, d = x.shape
-        x32 = x.astype(np.float32, copy=False)
-        x2 = x32 * x32
-        sqnorm = x2.sum(1, dtype=np.float64)
-        if not np.isfinite(sqnorm).all():
-            raise _NotFinite(int(np.argmin(np.isfinite(sqnorm))))
-        p = x32 @ self.w32[0]
-        p += x2 @ self.w32[1]
-        p += self.c32
-        top = p.argmax(1)
-        p -= p[np.arange(n), top][:, None]
-        np.exp(p, out=p)
-        total = p.sum(1, dtype=np.float64)  # 1 + sum over j != top of exp(l_j - l_top)
-        post = p / total[:, None]
-        # rounding moves a row's posteriors by at most about 2 err (total - 1): the rows where
-        # that can reach _TOL are redone in float64
-        f, lin, quad, const = self._bound
-        err = f * (lin * np.sqrt(sqnorm) + x2 @ quad) + const
-        redo = np.flatnonzero(~((2 * err * (total - 1) < _TOL) & (err < 1.0)))
+        xx = np.empty((len(x), 2 * self.d))
+        xx[:, :self.d] = x
+        np.square(x, out=xx[:, self.d:], dtype=np.float64)
+        return self._posteriors(xx, self._screen_input(xx), min_posterior)
+
+    def _screen_input(self, xx, out=None):
+        """a = [x, x^2, 1] in float32, from xx = [x, x^2] in float64."""
+        if out is None:
+            out = np.empty((len(xx), 2 * self.d + 1), np.float32)
+        out[:, -1] = 1.0
+        np.copyto(out[:, :-1], xx, casting="same_kind")
+        return out
+
+    def _posteriors(self, xx, a, min_posterior):
+        """posteriors() given [x, x^2] in float64 (xx) and a from _screen_input."""
+        k, d, n = self.k, self.d, len(xx)
+        sums = a[:, d:-1] @ self.q32
+        if not np.isfinite(sums[:, 0]).all():
+            raise _NotFinite(int(np.argmin(np.isfinite(sums[:, 0]))))
+        f, lin, const = self._bound
+        err = f * (lin * np.sqrt(sums[:, 0], dtype=np.float64) + sums[:, 1]) + const
+        logit = a @ self.w32
+        top = logit.argmax(1)
+        p = np.subtract(logit, logit[np.arange(n), top][:, None])
+        np.exp(p, out=p)  # exp(l_j - l_top), each off by a factor within exp(+-slack)
+        total = p.sum(1, dtype=np.float64)
+        # rows redone in float64: where that can move the posteriors by _TOL in all or one across
+        # min_posterior, and where the bound is large (the logits may even have overflowed)
+        slack = 2 * err + 1e-6
+        floor = _TOL / np.expm1(slack)
+        if min_posterior > 0:
+            floor = np.minimum(floor, total * min_posterior * np.exp(-slack))
+        redo = ~((total - 1 < floor) & (err < 1.0))
+        if min_posterior > 0:
+            redo |= total * min_posterior * np.exp(slack) > 1  # the top itself near min_posterior
+            # in the rows kept, all but the top are below min_posterior
+            post = np.zeros((n, k))
+            post[np.arange(n), top] = 1 / total
+        else:
+            post = p / total[:, None]
+        redo = np.flatnonzero(redo)
         if len(redo):
-            xr = np.subtract(x[redo], self.ref, dtype=np.float64)
-            logit = np.concatenate([xr, xr * xr], 1) @ self.w64 + self.c64
+            xr = np.subtract(xx[redo, :d], self.ref)
+            logit = xr @ self.w64[0]
+            logit += np.square(xr, out=xr) @ self.w64[1]
+            logit += self.c64
             logit -= logit.max(1, keepdims=True)
             np.exp(logit, out=logit)
-            post[redo] = logit / logit.sum(1, keepdims=True)
-        if min_posterior > 0:
-            post[post < min_posterior] = 0.0
+            logit /= logit.sum(1, keepdims=True)
+            logit[logit < min_posterior] = 0.0
+            post[redo] = logit
         return post
 
     def encode(self, sets, improved, min_posterior, empty_is_zero=False):
         """Codes of validated descriptor sets, about _CHUNK_ROWS descriptors at a time."""
         k, d = self.k, self.d
-        out = np.zeros((len(sets), 2 * k * d))
         counts = np.array([len(x) for x in sets])
         if not empty_is_zero and not counts.all():
             raise FeatureError(f"descriptor set {np.argmin(counts)} is empty")
-        i = 0
-        while i < len(sets):
-            j, rows = i + 1, counts[i]
-            while j < len(sets) and rows + counts[j] <= _CHUNK_ROWS:
-                rows += counts[j]
-                j += 1
-            keep = [s for s in range(i, j) if counts[s]]
-            i, m = j, len(keep)
-            if not m:
-                continue
-            x = sets[keep[0]] if m == 1 else np.concatenate([sets[s] for s in keep])
-            try:
-                post = self.posteriors(x, min_posterior)
-            except _NotFinite as bad:
-                first = keep[np.searchsorted(np.cumsum(counts[keep]), bad.row, "right")]
-                raise FeatureError(f"descriptor set {first} has NaN, infinite or too large "
-                                   f"values") from None
-            # (descriptor, (set, component)) matrix of g/T, built sorted; one product per sum
-            t, comp = np.nonzero(post)
-            local = np.repeat(np.arange(m), counts[keep])
-            val = post[t, comp] / counts[keep][local[t]]
-            group = local[t] * k + comp
-            indptr = np.r_[0, np.cumsum(np.count_nonzero(post, 1))]
-            g = sparse.csr_matrix((val, group, indptr), shape=(len(x), m * k)).T
-            x = x.astype(np.float64, copy=False)
-            s0 = np.bincount(group, val, m * k).reshape(m, k, 1)
-            s1 = (g @ x).reshape(m, k, d)
-            s2 = (g @ np.square(x)).reshape(m, k, d)
-            view = m == j - keep[0]  # no empty set in between: write into out directly
-            code = out[keep[0]:j].reshape(m, 2, k, d) if view else np.empty((m, 2, k, d))
-            u, v, tmp = code[:, 0], code[:, 1], np.empty((m, k, d))
-            np.multiply(s1, self.a1, out=u)
-            u += np.multiply(s0, self.a0, out=tmp)
-            np.multiply(s2, self.q2, out=v)
-            v += np.multiply(s1, self.q1, out=tmp)
-            v += np.multiply(s0, self.q0, out=tmp)
-            code = code.reshape(m, -1)
-            if improved:
-                _power_l2(code)
+        out = np.empty((len(sets), 2 * k * d))
+        if not counts.all():
+            out[counts == 0] = 0.0
+        size = min(_CHUNK_ROWS, counts.sum())
+        # work space: [x, x^2] below the `centre` rows in float64, and _screen_input's output
+        xx = np.empty((k + size, 2 * d))
+        xx[:k] = self.centre
+        a = np.empty((size, 2 * d + 1), np.float32)
+        for group in _groups(counts, size):
+            n = counts[group]
+            owner = np.repeat(np.arange(len(group)), n)
+            for start in range(0, n.sum(), size):  # several pieces only for a set larger than size
+                stop, row = min(start + size, n.sum()), k
+                for i in group:
+                    x = sets[i][start:stop]
+                    xx[row:row + len(x), :d] = x
+                    np.square(x, out=xx[row:row + len(x), d:], dtype=np.float64)
+                    row += len(x)
+                try:
+                    post = self._posteriors(xx[k:row], self._screen_input(xx[k:row], a[:row - k]),
+                                            min_posterior)
+                except _NotFinite as bad:
+                    raise FeatureError(f"descriptor set {group[owner[start + bad.row]]} has NaN, "
+                                       f"infinite or too large values") from None
+                part = self._moments(post, xx[:row], owner[start:stop], 1.0 / n)
+                moments = part if start == 0 else moments + part
+            view = group[-1] - group[0] == len(group) - 1  # no empty set in between
+            code = out[group[0]:group[-1] + 1] if view else np.empty((len(group), 2 * k * d))
+            self._codes(moments, code, improved)
             if not view:
-                out[keep] = code
+                out[group] = code
         return out
+
+    def _moments(self, post, xx, owner, inv_count):
+        """(sets * K, 2D) [T1, T2] of the descriptors, from their posteriors and
+        xx = [centre; [x, x^2]]: one sparse ((set, component), row) matrix of -S0, then g / T."""
+        k, m = self.k, len(inv_count)
+        t, comp = np.divmod((post.ravel() > 0).nonzero()[0], k)  # (np.nonzero(post) is slow)
+        col = owner[t] * k + comp
+        val = post[t, comp] * inv_count[owner[t]]
+        s0 = np.bincount(col, val, m * k).reshape(m, k)
+        data = np.concatenate([-s0.T.ravel(), val])
+        index = np.concatenate([(np.arange(m) * k + np.arange(k)[:, None]).ravel(), col])
+        indptr = np.concatenate([np.arange(k) * m, [k * m],
+                                 k * m + np.cumsum(np.bincount(t, minlength=len(post)))])
+        return sparse.csc_array((data, index, indptr), shape=(m * k, len(xx))) @ xx
+
+    def _codes(self, moments, code, improved):
+        """Write the codes of (sets * K, 2D) moments into code (sets, 2KD)."""
+        k, d = self.k, self.d
+        t = moments.reshape(len(code), k, 2, d)
+        uv = code.reshape(len(code), 2, k, d)
+        np.multiply(t[:, :, 0], self.a1, out=uv[:, 0])
+        np.multiply(t[:, :, 1], self.q2, out=uv[:, 1])
+        t1 = t[:, :, 0]
+        t1 *= self.c2
+        uv[:, 1] += t1
+        if improved:
+            _power_l2(code, work=moments.reshape(code.shape))  # moments are spent: reuse them
+
+
+def _groups(counts, size):
+    """Runs of consecutive non-empty sets with at most `size` descriptors in all (or one set)."""
+    group, rows = [], 0
+    for i in np.flatnonzero(counts):
+        if group and rows + counts[i] > size:
+            yield np.array(group)
+            group, rows = [], 0
+        group.append(i)
+        rows += counts[i]
+    if group:
+        yield np.array(group)
 
 
 class _NotFinite(FeatureError):
@@ -189,13 +261,16 @@ class _NotFinite(FeatureError):
         super().__init__(f"descriptor {row} has NaN, infinite or too large values")
 
 
-def _power_l2(codes):
+def _power_l2(codes, work=None):
     """IFV normalisation in place: signed square root, then unit L2 norm per row."""
-    a = np.abs(codes)
+    a = np.abs(codes, out=work)
     norm = a.sum(1, keepdims=True)  # |signed sqrt(v)|^2 = |v|
     np.sqrt(a, out=a)
     a *= 1 / np.sqrt(np.where(norm > 0, norm, 1.0))
-    np.copysign(a, codes, out=codes)
+    # codes = copysign(a, codes), through the sign bit (np.copysign is twice as slow)
+    bits = codes.view(np.uint64)
+    np.bitwise_and(bits, np.uint64(1 << 63), out=bits)
+    np.bitwise_or(bits, a.view(np.uint64), out=bits)
 
 
 def _as_sets(X, dim=None, check_finite=False):
@@ -279,10 +354,10 @@ class FisherVector(TransformerMixin, BaseEstimator):
         self.weights_ = np.asarray(state["weights"], dtype=np.float64)
         self.means_ = np.asarray(state["means"], dtype=np.float64)
         self.variances_ = np.asarray(state["variances"], dtype=np.float64)
-        _Gmm(self.weights_, self.means_, self.variances_)  # checks that they fit together
+        _gmm_of(self.weights_, self.means_, self.variances_)  # checks that they fit together
 
     def _gmm(self):
-        return _Gmm(self.weights_, self.means_, self.variances_)
+        return _gmm_of(self.weights_, self.means_, self.variances_)
 
     def _fit_gmm(self, sets):
         x = np.concatenate(sets).astype(np.float64, copy=False)
@@ -418,7 +493,7 @@ class ForegroundFisherVector(FisherVector):
     @staticmethod
     def _memberships(sets, model):
         """mg of every descriptor of every set under one model (no posterior threshold)."""
-        gmm = _Gmm(model["weights"], model["means"], model["variances"])
+        gmm = _gmm_of(model["weights"], model["means"], model["variances"])
         x = np.concatenate(sets)
         mg = np.empty(len(x))
         for s in range(0, len(x), _CHUNK_ROWS):
