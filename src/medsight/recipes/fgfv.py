@@ -147,8 +147,11 @@ class FisherRecipe(DescriptorRecipe):
         if path.is_file():
             arrays = {k.split(".", 1)[1]: v for k, v in load_file(str(path)).items() if k.startswith("encoder.")}
             info = self.run_info["encoder"]
+            encoders = {"FisherVector": fisher.FisherVector, "ForegroundFisherVector": fisher.ForegroundFisherVector}
+            if info.get("type") not in encoders:
+                raise InputError(run_dir / "run.json", f"unknown encoder type {info.get('type')!r}")
             try:
-                self.encoder = getattr(fisher, info["type"]).from_state(info["params"], arrays)
+                self.encoder = encoders[info["type"]].from_state(info["params"], arrays)
             except ValueError as exc:
                 raise InputError(path, f"encoder: {exc}") from None
         super().restore(run_dir)
