@@ -370,3 +370,17 @@ def test_bad_input_raises_feature_error(fitted):
         ForegroundFisherVector(n_components=2).fit(sets, np.r_[np.zeros(9), -np.ones(3)])
     with pytest.raises(FeatureError, match="one label per set"):
         ForegroundFisherVector(n_components=2).fit(sets, np.zeros(3))
+
+
+def test_weight_learning_gradient_stays_finite_when_every_weight_is_zero():
+    # all weights clamped to 0 (nothing helped) once made sqrt's infinite slope at 0 poison c with NaN
+    import torch
+
+    from medsight.features.fisher import _surrogate
+
+    rng = np.random.default_rng(0)
+    scores, sq = torch.as_tensor(rng.normal(size=(6, 3, 4))), torch.as_tensor(rng.uniform(1, 2, (6, 4)))
+    c = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    target = torch.as_tensor([0, 1, 2, 0, 1, 2])
+    (grad,) = torch.autograd.grad(_surrogate(c, scores, sq, torch.zeros(3, dtype=torch.float64), target, True), c)
+    assert torch.isfinite(grad).all()

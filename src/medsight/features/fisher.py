@@ -567,7 +567,7 @@ def _surrogate(c, scores, sq, intercept, target, improved):
 
     s = scores @ c  # (n_val, n_scores)
     if improved:
-        s = s / torch.sqrt(sq @ (c * c)).clamp_min(1e-12)[:, None]
+        s = s / torch.sqrt((sq @ (c * c)).clamp_min(1e-24))[:, None]  # clamp inside: sqrt'(0) is inf
     s = s + intercept
     if s.shape[1] == 1:
         margin = s[:, 0] * target
