@@ -44,6 +44,7 @@ class FisherRecipe(DescriptorRecipe):
     def __init__(self, cfg, console=None):
         super().__init__(cfg, console)
         self.encoder = None
+        self._train_descriptors = None
 
     def fisher_options(self) -> tuple[dict, dict]:
         """(recipe options, encoder options) of ``features.fisher``."""
@@ -107,6 +108,7 @@ class FisherRecipe(DescriptorRecipe):
         else:
             history = Recipe.fit(self, run_dir, train, val, callbacks)
         descriptors, _ = self.local_descriptors(train)
+        self._train_descriptors = (train, descriptors)  # describe(train) follows: one CNN pass, not two
         self.encoder = self.new_encoder()
         own = self.fisher_options()[0]
         self.console.print(f"fitting the {own['encoding']} encoder ({own['n_components']} components) on "
@@ -132,7 +134,8 @@ class FisherRecipe(DescriptorRecipe):
         return []
 
     def describe(self, loaded: Loaded) -> dict[str, np.ndarray]:
-        descriptors, _ = self.local_descriptors(loaded)
+        cached, self._train_descriptors = self._train_descriptors, None
+        descriptors = cached[1] if cached and cached[0] is loaded else self.local_descriptors(loaded)[0]
         return {"fisher": self.encoder.transform(descriptors)}
 
     def fitted_state(self) -> dict[str, np.ndarray]:
