@@ -119,6 +119,18 @@ def test_fuse_tsd_reloaded_run_reproduces_its_predictions(vois, tmp_path):
     assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
     assert (run / "model.safetensors").is_file() and not (run / "checkpoint.pt").exists()
 
+    # the same heads re-fitted on the first run's slice CNN, read rather than trained: the same predictions
+    again = tmp_path / "again"
+    assert main(["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--out", str(again),
+                 *SMALL, *args, "--set", f"features.cnn.weights={run / 'model.safetensors'}"]) == 0
+    assert not (again / "history.csv").exists()  # no network training
+    assert main(["predict", str(again), str(vois), "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
+    assert (tmp_path / "c" / "predictions.csv").read_text() == (tmp_path / "a" / "predictions.csv").read_text()
+    missing = tmp_path / "nothing.safetensors"
+    assert main(["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--out",
+                 str(tmp_path / "x"), *SMALL, *args, "--set", f"features.cnn.weights={missing}"]) == 2
+    assert not (tmp_path / "x").exists()
+
 
 def test_descriptor_recipe_without_features_is_a_config_error(vois, tmp_path, capsys):
     config = tmp_path / "c.yaml"

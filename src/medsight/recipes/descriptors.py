@@ -112,6 +112,22 @@ class DescriptorRecipe(ClassificationRecipe):
         self.run_info["best_epoch"] = None
         return []
 
+    def read_cnn(self, run_dir: Path, path: Path, in_channels: int) -> list[dict]:
+        """Take the network's weights from ``path`` (a medsight run's, or torchvision / timm names)
+        instead of training it; they are copied into the run, which then holds all it needs."""
+        from medsight.engine.checkpoint import save_weights
+        from medsight.engine.loop import BEST_WEIGHTS
+        from medsight.models.pretrained import load_pretrained
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = self.build_model(in_channels)
+        report = load_pretrained(self.model, path)
+        self.console.print(f"CNN weights from {path}: {report}")
+        self.model.to(self.device)
+        save_weights(self.model.state_dict(), run_dir / BEST_WEIGHTS)
+        self.run_info["best_epoch"] = None
+        return []
+
     def fit(self, run_dir: Path, train: Loaded, val: Loaded, callbacks=()) -> list[dict]:
         history = self.fit_learnt(run_dir, train, val, callbacks)
         y = train.labels.numpy()
@@ -181,17 +197,25 @@ class FuseTSDRecipe(DescriptorRecipe):
     The CNN (``model``, trained with ``train`` and ``augment``) learns benign vs malignant from
     each axial slice of the nodule crop that holds at least ``features.cnn.min_pixels`` mask
     pixels; a nodule's CNN descriptor is the mean of its slices' globally pooled last-stage
-    features (methods.md leaves slice aggregation open)."""
+    features (methods.md leaves slice aggregation open). With ``features.cnn.weights`` (a local
+    file, e.g. an earlier run's ``model.safetensors``) the CNN is read instead of trained, so
+    that the heads can be re-fitted on the same slice features."""
 
     kind = "fuse_tsd"
     learnt = ("cnn",)
 
     def cnn_options(self) -> dict:
         options = dict(self.cfg.features.get("cnn") or {})
-        unknown = set(options) - {"min_pixels"}
+        unknown = set(options) - {"min_pixels", "weights"}
         if unknown:
-            raise ConfigError(f"features.cnn: unknown option(s) {sorted(unknown)} (known: min_pixels)")
-        return {"min_pixels": int(options.get("min_pixels", 3))}
+            raise ConfigError(f"features.cnn: unknown option(s) {sorted(unknown)} (known: min_pixels, weights)")
+        return {"min_pixels": int(options.get("min_pixels", 3)), "weights": options.get("weights")}
+
+    def validate(self) -> None:
+        super().validate()
+        weights = self.cnn_options()["weights"]
+        if weights and not Path(weights).is_file():
+            raise InputError(weights, "features.cnn.weights: file not found")
 
     def slices(self, loaded: Loaded) -> tuple[Loaded, np.ndarray]:
         """The nodules' axial slices as a 2D dataset, and the nodule index of each slice."""
@@ -210,6 +234,9 @@ class FuseTSDRecipe(DescriptorRecipe):
         return {**self.network.options, "spatial_dims": 2}
 
     def fit_learnt(self, run_dir, train, val, callbacks=()):
+        weights = self.cnn_options()["weights"]
+        if weights:
+            return self.read_cnn(run_dir, Path(weights), train.images.shape[1])
         train_slices, _ = self.slices(train)
         val_slices, _ = self.slices(val)
         self.console.print(f"slice CNN: {len(train_slices.ids)} training, {len(val_slices.ids)} validation slices")

@@ -104,7 +104,7 @@ class FisherRecipe(DescriptorRecipe):
     def fit_learnt(self, run_dir, train, val, callbacks=()):
         weights = self.fisher_options()[0]["cnn_weights"]
         if weights:
-            history = self.load_cnn(run_dir, Path(weights), train)
+            history = self.read_cnn(run_dir, Path(weights), train.images.shape[1])
         else:
             history = Recipe.fit(self, run_dir, train, val, callbacks)
         descriptors, _ = self.local_descriptors(train)
@@ -118,20 +118,6 @@ class FisherRecipe(DescriptorRecipe):
         else:
             self.encoder.fit(descriptors)
         return history
-
-    def load_cnn(self, run_dir: Path, path: Path, train: Loaded) -> list[dict]:
-        from medsight.engine.checkpoint import save_weights
-        from medsight.engine.loop import BEST_WEIGHTS
-        from medsight.models.pretrained import load_pretrained
-
-        torch.manual_seed(self.cfg.seed)
-        self.model = self.build_model(train.images.shape[1])
-        report = load_pretrained(self.model, path)
-        self.console.print(f"CNN weights from {path}: {report}")
-        self.model.to(self.device)
-        save_weights(self.model.state_dict(), run_dir / BEST_WEIGHTS)  # the run holds everything it needs
-        self.run_info["best_epoch"] = None
-        return []
 
     def describe(self, loaded: Loaded) -> dict[str, np.ndarray]:
         cached, self._train_descriptors = self._train_descriptors, None
