@@ -1,10 +1,12 @@
-"""FV vs IFV vs foreground FV on PH2 (5-fold patient-level CV) and on the ISIC-2017 validation set.
+"""FV vs IFV vs foreground FV on PH2 (5-fold patient-level CV), the ISIC-2017 and the DermaMNIST validation sets.
 
 The three encodings share one CNN per fold: ``configs/ph2_fgfv.yaml`` (or ``isic2017_fgfv.yaml``)
 trains it with the fgFV encoding, then the FV and IFV runs read its weights
 (``--set features.fisher.encoding=fv|ifv --set features.fisher.cnn_weights=<fgfv run>/model.safetensors``)
 so that only the encoding differs. Each run is scored with ``medsight evaluate --split heldout``
-(PH2) or ``--split val`` (ISIC-2017). Finished runs are reused.
+(PH2) or ``--split val`` (ISIC-2017, DermaMNIST: their official validation sets, which also chose
+the CNN's epoch). Finished runs are reused; ``--skip-ph2`` / ``--skip-isic`` / ``--skip-dermamnist``
+leave a dataset out.
 
     python benchmarks/fisher_cv.py --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
 
@@ -43,13 +45,15 @@ def main() -> None:
     shared = ROOT.parent / "shared" / "datasets"
     parser.add_argument("--ph2", type=Path, default=shared / "ph2")
     parser.add_argument("--isic", type=Path, default=shared / "isic2017")
+    parser.add_argument("--dermamnist", type=Path, default=shared / "dermamnist")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "fisher_cv")
     parser.add_argument("--isic-size", type=int, default=64)
     parser.add_argument("--isic-epochs", type=int, default=15)
-    parser.add_argument("--skip-isic", action="store_true")
+    for name in ("ph2", "isic", "dermamnist"):
+        parser.add_argument(f"--skip-{name}", action="store_true")
     args = parser.parse_args()
     sections, timings = [], {}
-    if args.ph2.exists():
+    if args.ph2.exists() and not args.skip_ph2:
         runs = compare("configs/ph2_fgfv.yaml", args.ph2, args.out, list(range(5)), 5, "heldout")
         rows = {f"{e} (ph2_fgfv)": summarize_repeats([r["metrics"] for r in runs[e]]) for e in ENCODINGS}
         sections.append(("PH2 melanoma vs nevus, held-out folds (mean ± std over 5 folds):",
@@ -63,6 +67,12 @@ def main() -> None:
         sections.append(("ISIC-2017 validation set (150 images), one-vs-rest AUC from one 3-class model:",
                          format_table(rows, columns, style="markdown")))
         timings.update({f"isic {e}": runs[e] for e in ENCODINGS})
+    if args.dermamnist.exists() and not args.skip_dermamnist:
+        runs = compare("configs/dermamnist_fgfv.yaml", args.dermamnist, args.out, [None], 1, "val")
+        rows = {f"{e} (dermamnist_fgfv)": runs[e][0]["metrics"] for e in ENCODINGS}
+        sections.append(("DermaMNIST validation set (1003 images, 7 classes), macro one-vs-rest AUC, accuracy "
+                         "and balanced accuracy:", format_table(rows, ["AUC", "ACC", "BMA"], style="markdown")))
+        timings.update({f"dermamnist {e}": runs[e] for e in ENCODINGS})
     args.out.mkdir(parents=True, exist_ok=True)
     write_summary(args.out, sections, timings)
 
