@@ -10,7 +10,7 @@ was chosen on. Finished runs are reused, so the work can be split over processes
 
     python benchmarks/isic_arl.py --data ../shared/datasets/isic2017 --out bench_runs/isic_arl
 
-On a 2-core CPU the default is 64 px and the config's 30 epochs (about 15 minutes a run on one
+On a 2-core CPU the default is 64 px and the config's 30 epochs (about 17 minutes a run on one
 thread); ``--size 128`` is the config's own input size.
 """
 
