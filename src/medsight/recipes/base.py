@@ -199,12 +199,16 @@ class Recipe:
         return n // b if n > b else 1
 
     def train_batches(self, data: Loaded, epoch: int):
-        """Shuffled, augmented, normalised batches; all randomness from (seed, epoch)."""
+        """Shuffled, augmented, normalised batches; all randomness from (seed, epoch).
+
+        The batch moves to the training device before augmentation: on a GPU the resampling would
+        otherwise keep the CPU busier than the network keeps the GPU. The random draws stay on the
+        CPU generator, so the same epoch replays alike on either device."""
         gen = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
         mean, std = self.run_info["mean"], self.run_info["std"]
         for idx in batch_indices(len(data.ids), self.cfg.train.batch_size, gen, drop_last=True):
-            x = normalise(data.images[idx], mean, std)
-            m = data.masks[idx].unsqueeze(1).float() if data.masks is not None else None
+            x = normalise(data.images[idx].to(self.device), mean, std)
+            m = data.masks[idx].to(self.device).unsqueeze(1).float() if data.masks is not None else None
             x, m = augment_batch(x, m, self.cfg.augment, gen)
             yield {"x": x, "mask": m, "y": data.labels[idx]}
 

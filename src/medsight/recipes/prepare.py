@@ -79,8 +79,8 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     x = images.float().div_(255)
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    m = torch.tensor(mean, dtype=x.dtype).view(shape)
-    s = torch.tensor(std, dtype=x.dtype).view(shape)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
     return (x - m) / s
 
 

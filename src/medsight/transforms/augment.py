@@ -30,7 +30,7 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor | None, cfg, generat
     def per_sample(fn, which, x):
         if x is None or not which.any():
             return x
-        x = x.clone()
+        x, which = x.clone(), which.to(x.device)
         x[which] = fn(x[which])
         return x
 
