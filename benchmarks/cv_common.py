@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, name: str | None = None,
-             overrides: tuple[str, ...] = (), split: str = "heldout") -> dict:
+             overrides: tuple[str, ...] = (), split: str = "heldout", device: str = "cpu") -> dict:
     """Train ``config`` on every fold but ``fold`` (``--set data.folds/fold``; ``fold`` None: the
     layout's own train/val split) with ``--set overrides``, and evaluate it on ``split`` (the
-    held-out fold by default). The run goes to ``out/<name or config>/fold<k>``; a run already
+    held-out fold by default), on ``device``. The run goes to ``out/<name or config>/fold<k>``; a run already
     scored is read back, not re-run."""
     run_dir = out / (name or Path(config).stem) / (f"fold{fold}" if fold is not None else "official")
     result_file = run_dir / f"{split}.json"
@@ -28,10 +28,10 @@ def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, n
     folding = [] if fold is None else ["--set", f"data.folds={folds}", "--set", f"data.fold={fold}"]
     if not (info_file.is_file() and json.loads(info_file.read_text()).get("finished")):
         subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
-                        "--out", str(run_dir), "--device", "cpu", *folding,
+                        "--out", str(run_dir), "--device", device, *folding,
                         *[a for o in overrides for a in ("--set", o)]], check=True)
     subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
-                    split, "--out", str(result_file), "--device", "cpu"], check=True)
+                    split, "--out", str(result_file), "--device", device], check=True)
     info = json.loads(info_file.read_text())
     result = json.loads(result_file.read_text())
     result["train_seconds"], result["epochs_run"] = info["train_seconds"], info.get("epochs_run", 0)
@@ -46,13 +46,14 @@ def folds_of(samples, task, folds: int, seed: int = 0) -> list[np.ndarray]:
     return kfold_indices(labels, groups, folds, seed=seed)
 
 
-def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str, list[dict]]) -> None:
+def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str, list[dict]],
+                  device: str = "CPU") -> None:
     """Print and save (``out/summary.md``) titled tables plus the training time per fold of each recipe."""
     from medsight.metrics import format_table, summarize_repeats
 
     times = {name: summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
              for name, runs in timings.items()}
-    sections = [*sections, ("CPU training time per fold (seconds, epochs run):",
+    sections = [*sections, (f"{device} training time per run (seconds, epochs run):",
                             format_table(times, ["train_s", "epochs"], style="markdown", percent=False, digits=1))]
     text = "\n\n".join(part for section in sections for part in section)
     print(text)

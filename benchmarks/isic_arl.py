@@ -11,13 +11,18 @@ was chosen on. Finished runs are reused, so the work can be split over processes
     python benchmarks/isic_arl.py --data ../shared/datasets/isic2017 --out bench_runs/isic_arl
 
 On a 2-core CPU the default is 64 px and the config's 30 epochs (about 17 minutes a run on one
-thread); ``--size 128`` is the config's own input size.
+thread); ``--size 128`` is the config's own input size. On a GPU:
+
+    python benchmarks/isic_arl.py --device cuda --size 224 --jobs 6 --out bench_runs/isic_arl_gpu
+
+trains the runs side by side (``--jobs``), each in bf16 with its augmentation on the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cv_common import ROOT, run_fold, write_summary
@@ -44,6 +49,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every run (e.g. model.options.alpha_init=1); needs --tag")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each its own process)")
     parser.add_argument("--tag", default="", help="names the runs of a variant: isic2017_<model>-<tag>-...")
     args = parser.parse_args()
     if args.overrides and not args.tag:
@@ -51,16 +58,22 @@ def main() -> None:
     if not args.data.exists():
         raise SystemExit(f"{args.data}: ISIC-2017 not found; nothing to benchmark")
     extra = (f"data.image_size=[{args.size},{args.size}]", f"train.epochs={args.epochs}", *args.overrides)
+    runs = [(seed, model, f"isic2017_{model}-{args.tag + '-' if args.tag else ''}{args.size}px-seed{seed}")
+            for seed in args.seeds for model in args.models]
+
+    def train_and_score(run):
+        seed, model, name = run
+        return run_fold(f"configs/isic2017_{model}.yaml", args.data, args.out, None, 1, name,
+                        (*extra, f"seed={seed}"), "val", args.device)
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait on them
+        results = list(pool.map(train_and_score, runs))
     chosen, last, timings, per_run = {}, {}, {}, {}
-    for seed in args.seeds:
-        for model in args.models:
-            name = f"isic2017_{model}-{args.tag + '-' if args.tag else ''}{args.size}px-seed{seed}"
-            result = run_fold(f"configs/isic2017_{model}.yaml", args.data, args.out, None, 1, name,
-                              (*extra, f"seed={seed}"), "val")
-            chosen.setdefault(model, []).append(result["metrics"])
-            last.setdefault(model, []).append(last_epoch(args.out / name / "official"))
-            timings.setdefault(model, []).append(result)
-            per_run[f"{model}{' ' + args.tag if args.tag else ''} seed {seed}"] = result["metrics"]
+    for (seed, model, name), result in zip(runs, results):
+        chosen.setdefault(model, []).append(result["metrics"])
+        last.setdefault(model, []).append(last_epoch(args.out / name / "official"))
+        timings.setdefault(model, []).append(result)
+        per_run[f"{model}{' ' + args.tag if args.tag else ''} seed {seed}"] = result["metrics"]
     label = f"{len(args.seeds)} seeds, {args.size} px, {args.epochs} epochs"
     sections = [
         (f"ISIC-2017 validation set (150 images), early-stopped epoch, 9-crop TTA ({label}, mean ± std):",
@@ -70,7 +83,7 @@ def main() -> None:
         ("Each run, early-stopped epoch, 9-crop TTA:", format_table(per_run, COLUMNS, style="markdown")),
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    write_summary(args.out, sections, timings)
+    write_summary(args.out, sections, timings, args.device.upper())
 
 
 if __name__ == "__main__":
