@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 5 in one call on a lent GPU machine (results in benchmarks/RESULTS.md):
-# tests/test_gpu.py, ARL-CNN50's training overhead, the GLCM torch path, and ResNet14 vs ARL-CNN14 on
-# ISIC-2017 at 224 px (5 seeds, 6 runs at a time; the runs still going after ISIC_SECONDS are cut off,
-# the finished ones are kept).
+#
+#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic]    (no argument: all of them)
+#
+# tests: tests/test_gpu.py; arl: ARL-CNN50's training overhead over ResNet-50 (eager, and with the fused
+# attention sum); arl-compiled: the same with every model torch.compile-d; glcm: the GLCM torch path;
+# isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at 224 px, 5 seeds, 6 runs at a time (the runs still going
+# after ISIC_SECONDS are cut off, the finished ones are kept).
 #
 # Carried with the call: .whl (wheels for what the machine's Python lacks: pydantic and its parts,
-# monai, nibabel, pydicom, PyWavelets) and .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017).
-# Logs and the ISIC runs (without weights, as isic_runs.tgz) go to $OUT.
+# monai, nibabel, pydicom, PyWavelets) and, for isic, .gpu_data/isic2017 (a copy of
+# ../shared/datasets/isic2017). Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
+checks=" ${*:-tests arl arl-compiled glcm isic} "
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
-python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"
-python3 benchmarks/glcm_speed.py --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
-
-OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 benchmarks/isic_arl.py --data .gpu_data/isic2017 \
-    --device cuda --size 224 --jobs 6 --seeds 0 1 2 3 4 --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
-echo "isic_arl.py exit code $?"
-tail -n 40 "$OUT/isic_arl.log"
-tar czf "$OUT/isic_runs.tgz" --exclude='*.safetensors' -C "$OUT" isic_runs && rm -rf "$OUT/isic_runs"
+if [[ $checks == *" tests "* ]]; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+fi
+if [[ $checks == *" arl "* ]]; then
+    python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"
+fi
+if [[ $checks == *" arl-compiled "* ]]; then
+    timeout "${COMPILE_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 \
+        --steps 20 --rounds 2 --compile 2>&1 | tee "$OUT/arl_throughput_compiled.log"
+fi
+if [[ $checks == *" glcm "* ]]; then
+    python3 benchmarks/glcm_speed.py --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
+fi
+if [[ $checks == *" isic "* ]]; then
+    OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 benchmarks/isic_arl.py --data .gpu_data/isic2017 \
+        --device cuda --size 224 --jobs 6 --seeds 0 1 2 3 4 --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
+    echo "isic_arl.py exit code $?"
+    tail -n 40 "$OUT/isic_arl.log"
+    # weights and the resume checkpoints of cut-off runs stay behind: they are too large to come back
+    tar czf "$OUT/isic_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" isic_runs && rm -rf "$OUT/isic_runs"
+fi

@@ -102,6 +102,19 @@ def test_attention_softmax_normalisation(shape):
         create_model("arlcnn14", alpha_init="big")
 
 
+@pytest.mark.parametrize("mode", ["channel", "spatial"])
+@pytest.mark.parametrize("shape", [(2, 6, 5, 4), (2, 6, 3, 4, 5)])
+def test_attention_map_is_the_same_in_either_memory_layout(shape, mode):
+    f = torch.randn(shape) * 3
+    layout = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    want = attention_map(f, mode)
+    got = attention_map(f.to(memory_format=layout), mode)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert got.is_contiguous(memory_format=layout), "the mask keeps the layout (no copy to channels first)"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # no float32 copy under autocast
+        assert attention_map(f.bfloat16(), mode).dtype == torch.bfloat16
+
+
 def test_parameter_counts():
     for plain, arl, blocks in [("resnet14", "arlcnn14", 4), ("resnet50", "arlcnn50", 16), ("resnet18", "arlcnn18", 8)]:
         assert n_params(create_model(arl, width=W)) == n_params(create_model(plain, width=W)) + blocks

@@ -17,6 +17,7 @@ from scipy import ndimage
 from medsight.cli import main
 from medsight.config import AugmentConfig
 from medsight.features.glcm import glcm_features, glcm_features_batch
+from medsight.models import create_model
 from medsight.transforms.augment import augment_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -56,6 +57,32 @@ def test_augmentation_on_cuda_replays_the_cpu_draws():
     torch.testing.assert_close(gpu_x.cpu(), cpu_x, atol=1e-4, rtol=1e-4)
     # nearest-neighbour sampling may round a pixel exactly on a boundary the other way
     assert (gpu_m.cpu() == cpu_m).float().mean() > 0.99
+
+
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).norm() / want.float().norm())
+
+
+@pytest.mark.parametrize("mode", ["channel", "spatial"])
+def test_arl_fused_attention_sum_computes_the_eager_one(mode):
+    """Same outputs and gradients (alphas included) with and without the compiled attention sum, in
+    float32 and under bf16 autocast, on channels-last inputs as the training loop gives them."""
+    torch.manual_seed(0)
+    options = dict(width=8, num_classes=3, alpha_init=0.5, attention_softmax=mode)
+    eager = create_model("arlcnn14", **options)
+    fused = create_model("arlcnn14", fused=True, **options)
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(4, 3, 64, 64, device="cuda").to(memory_format=torch.channels_last)
+    for bf16, tol in ((False, 1e-4), (True, 2e-2)):
+        results = []
+        for model in (eager, fused):
+            model.cuda().to(memory_format=torch.channels_last).zero_grad()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                y = model(x).float()
+            y.square().sum().backward()
+            results.append((y, torch.stack([a.grad for a in model.alphas()]), model.conv1.weight.grad))
+        for got, want in zip(results[1], results[0]):
+            assert rel_diff(got, want) < tol, (bf16, rel_diff(got, want))
 
 
 def read_probabilities(path: Path) -> np.ndarray:
