@@ -3,8 +3,8 @@
 #
 #   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic]    (no argument: all of them)
 #
-# tests: tests/test_gpu.py; arl: ARL-CNN50's training overhead over ResNet-50 (eager, and with the fused
-# attention sum); arl-compiled: the same with every model torch.compile-d; glcm: the GLCM torch path;
+# tests: tests/test_gpu.py; arl: ARL-CNN50's training overhead over ResNet-50; arl-compiled: the same
+# with both models torch.compile-d; glcm: the GLCM torch path;
 # isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at 224 px, 5 seeds, 6 runs at a time (the runs still going
 # after ISIC_SECONDS are cut off, the finished ones are kept).
 #

@@ -90,13 +90,6 @@ def attention_sum(out: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor
     return out + residual + alpha * attention_map(out, mode) * residual
 
 
-@functools.cache
-def fused_attention_sum():
-    """:func:`attention_sum` compiled by ``torch.compile`` (one fused GPU kernel forward, one
-    backward, instead of about ten passes over the block's output), built on first use."""
-    return torch.compile(attention_sum, dynamic=True, fullgraph=True)
-
-
 def _check_options(alpha_init, attention_softmax) -> float:
     if attention_softmax not in SOFTMAX_MODES:
         raise TypeError(f"attention_softmax must be one of {SOFTMAX_MODES}, got {attention_softmax!r}")
@@ -108,20 +101,18 @@ def _check_options(alpha_init, attention_softmax) -> float:
 class _ARLMixin:
     """The attention residual combination shared by the basic and bottleneck ARL blocks."""
 
-    def _init_arl(self, alpha_init: float, attention_softmax: str, fused: bool) -> None:
+    def _init_arl(self, alpha_init: float, attention_softmax: str) -> None:
         self.alpha = nn.Parameter(torch.tensor(_check_options(alpha_init, attention_softmax)))
         self.attention_softmax = attention_softmax
-        self.fused = fused
 
     def _combine(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        combine = fused_attention_sum() if self.fused and out.is_cuda else attention_sum
-        return self.act(combine(out, residual, self.alpha, self.attention_softmax))
+        return self.act(attention_sum(out, residual, self.alpha, self.attention_softmax))
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
 
     def extra_repr(self) -> str:
-        return f"attention_softmax={self.attention_softmax!r}, fused={self.fused}"
+        return f"attention_softmax={self.attention_softmax!r}"
 
 
 class ARLBottleneck(_ARLMixin, ResNetBottleneck):
@@ -129,9 +120,9 @@ class ARLBottleneck(_ARLMixin, ResNetBottleneck):
 
     def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
                  act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
-                 attention_softmax: str = "channel", fused: bool = False):
+                 attention_softmax: str = "channel"):
         super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
-        self._init_arl(alpha_init, attention_softmax, fused)
+        self._init_arl(alpha_init, attention_softmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -145,9 +136,9 @@ class ARLBasicBlock(_ARLMixin, ResNetBlock):
 
     def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
                  act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
-                 attention_softmax: str = "channel", fused: bool = False):
+                 attention_softmax: str = "channel"):
         super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
-        self._init_arl(alpha_init, attention_softmax, fused)
+        self._init_arl(alpha_init, attention_softmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -162,12 +153,11 @@ class ARLResNet(ResNetClassifier):
     """A :class:`ResNetClassifier` built from ARL blocks (same interface, same module names)."""
 
     def __init__(self, block: str, layers, in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
-                 alpha_init: float = 0.001, attention_softmax: str = "channel", fused: bool = False, **options):
+                 alpha_init: float = 0.001, attention_softmax: str = "channel", **options):
         if block not in _ARL_BLOCKS:
             raise TypeError(f"block must be one of {sorted(_ARL_BLOCKS)}, got {block!r}")
         alpha_init = _check_options(alpha_init, attention_softmax)
-        factory = block_with(_ARL_BLOCKS[block], alpha_init=alpha_init, attention_softmax=attention_softmax,
-                             fused=bool(fused))
+        factory = block_with(_ARL_BLOCKS[block], alpha_init=alpha_init, attention_softmax=attention_softmax)
         super().__init__(factory, layers, in_channels, num_classes, spatial_dims, **options)
 
     def alphas(self) -> list[nn.Parameter]:
@@ -179,9 +169,9 @@ def _builder(name: str):
     block, layers = ARL_LAYOUTS[name]
 
     def build(in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2, alpha_init: float = 0.001,
-              attention_softmax: str = "channel", fused: bool = False, **options) -> ARLResNet:
+              attention_softmax: str = "channel", **options) -> ARLResNet:
         return ARLResNet(block, layers, in_channels, num_classes, spatial_dims, alpha_init=alpha_init,
-                         attention_softmax=attention_softmax, fused=fused, **options)
+                         attention_softmax=attention_softmax, **options)
 
     build.__name__ = name
     build.__doc__ = f"ARL-CNN with {block} blocks {layers}; see :mod:`medsight.models.arl`."
