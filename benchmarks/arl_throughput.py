@@ -5,8 +5,10 @@ should cost under 10 %.
     python benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20
     python benchmarks/arl_throughput.py --device cpu --batch 8 --size 128 --steps 3
 
-On CUDA it trains in bf16 autocast with channels_last, as medsight's loop does. ``--compile`` compiles
-both models whole with ``torch.compile``; the compilation falls in the untimed warm-up steps.
+On CUDA it trains in bf16 autocast with channels_last, as medsight's loop does, and also times
+ARL-CNN50 with ``fused=True`` (the attention sum and ReLU as one Triton kernel each way).
+``--compile`` compiles every model whole with ``torch.compile``; the compilation falls in the
+untimed warm-up steps.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=fmt)
     y = torch.randint(0, 3, (args.batch,), device=device)
     models = {"resnet50": create_model("resnet50", num_classes=3), "arlcnn50": create_model("arlcnn50", num_classes=3)}
+    if device.type == "cuda":  # the Triton kernel of the attention sum (medsight.models.arl_fused)
+        models["arlcnn50 fused"] = create_model("arlcnn50", num_classes=3, fused=True)
     models = {name: m.to(device, memory_format=fmt) for name, m in models.items()}
     if args.compile:
         models = {name: torch.compile(m) for name, m in models.items()}

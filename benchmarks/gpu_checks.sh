@@ -3,14 +3,18 @@
 #
 #   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic]    (no argument: all of them)
 #
-# tests: tests/test_gpu.py; arl: ARL-CNN50's training overhead over ResNet-50; arl-compiled: the same
-# with both models torch.compile-d; glcm: the GLCM torch path;
-# isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at 224 px, 5 seeds, 6 runs at a time (the runs still going
-# after ISIC_SECONDS are cut off, the finished ones are kept).
+# tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
+# ResNet-50, eager and with the fused Triton attention kernel; arl-compiled: the same, torch.compile-d;
+# glcm: the GLCM torch path; isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at 224 px, 5 seeds, 6 runs at
+# a time (the runs still going after ISIC_SECONDS are cut off, the finished ones are kept).
 #
-# Carried with the call: .whl (wheels for what the machine's Python lacks: pydantic and its parts,
-# monai, nibabel, pydicom, PyWavelets) and, for isic, .gpu_data/isic2017 (a copy of
-# ../shared/datasets/isic2017). Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
+# Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+#     typing_extensions==4.16.0 monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 PyWavelets==1.9.0
+# and, for isic, .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
+# Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -21,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 if [[ $checks == *" tests "* ]]; then
-    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_arl_fused.py 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [[ $checks == *" arl "* ]]; then
     python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"

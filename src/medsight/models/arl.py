@@ -18,6 +18,11 @@ paper fine-tunes ARL-CNN50). The attention term adds one parameter per block and
   spatial axes per channel; a typical value is ``1 / (H * W)``, so the term is small until
   ``alpha`` grows (or is initialised larger).
 
+``fused=True`` computes the attention sum and the ReLU with one Triton kernel forward and one
+backward (:mod:`medsight.models.arl_fused`) where it can: channel softmax, CUDA tensors in the
+channels-last layout (as medsight's loop trains on a GPU), Triton installed; elsewhere the block
+computes the same thing in eager torch. Off by default until its GPU speed is measured.
+
 With ``alpha = 0`` a block is exactly MONAI's ResNet block of the same layout (the extra term is
 an exact zero), so ``arlcnn14`` with every alpha set to 0 computes what ``resnet14`` computes
 with the same weights; module and parameter names match the plain ResNet's, plus ``.alpha``.
@@ -101,18 +106,24 @@ def _check_options(alpha_init, attention_softmax) -> float:
 class _ARLMixin:
     """The attention residual combination shared by the basic and bottleneck ARL blocks."""
 
-    def _init_arl(self, alpha_init: float, attention_softmax: str) -> None:
+    def _init_arl(self, alpha_init: float, attention_softmax: str, fused: bool) -> None:
         self.alpha = nn.Parameter(torch.tensor(_check_options(alpha_init, attention_softmax)))
         self.attention_softmax = attention_softmax
+        self.fused = bool(fused)
 
     def _combine(self, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.fused and self.attention_softmax == "channel" and isinstance(self.act, nn.ReLU):
+            from medsight.models import arl_fused  # imports Triton: only when asked for
+
+            if arl_fused.supports(out, residual):
+                return arl_fused.fused_attention_relu(out, residual, self.alpha)
         return self.act(attention_sum(out, residual, self.alpha, self.attention_softmax))
 
     def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.downsample is None else self.downsample(x)
 
     def extra_repr(self) -> str:
-        return f"attention_softmax={self.attention_softmax!r}"
+        return f"attention_softmax={self.attention_softmax!r}, fused={self.fused}"
 
 
 class ARLBottleneck(_ARLMixin, ResNetBottleneck):
@@ -120,9 +131,9 @@ class ARLBottleneck(_ARLMixin, ResNetBottleneck):
 
     def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
                  act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
-                 attention_softmax: str = "channel"):
+                 attention_softmax: str = "channel", fused: bool = False):
         super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
-        self._init_arl(alpha_init, attention_softmax)
+        self._init_arl(alpha_init, attention_softmax, fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -136,9 +147,9 @@ class ARLBasicBlock(_ARLMixin, ResNetBlock):
 
     def __init__(self, in_planes: int, planes: int, spatial_dims: int = 3, stride: int = 1, downsample=None,
                  act=("relu", {"inplace": True}), norm="batch", alpha_init: float = 0.001,
-                 attention_softmax: str = "channel"):
+                 attention_softmax: str = "channel", fused: bool = False):
         super().__init__(in_planes, planes, spatial_dims, stride, downsample, act, norm)
-        self._init_arl(alpha_init, attention_softmax)
+        self._init_arl(alpha_init, attention_softmax, fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -153,11 +164,14 @@ class ARLResNet(ResNetClassifier):
     """A :class:`ResNetClassifier` built from ARL blocks (same interface, same module names)."""
 
     def __init__(self, block: str, layers, in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
-                 alpha_init: float = 0.001, attention_softmax: str = "channel", **options):
+                 alpha_init: float = 0.001, attention_softmax: str = "channel", fused: bool = False, **options):
         if block not in _ARL_BLOCKS:
             raise TypeError(f"block must be one of {sorted(_ARL_BLOCKS)}, got {block!r}")
         alpha_init = _check_options(alpha_init, attention_softmax)
-        factory = block_with(_ARL_BLOCKS[block], alpha_init=alpha_init, attention_softmax=attention_softmax)
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be true or false, got {fused!r}")
+        factory = block_with(_ARL_BLOCKS[block], alpha_init=alpha_init, attention_softmax=attention_softmax,
+                             fused=fused)
         super().__init__(factory, layers, in_channels, num_classes, spatial_dims, **options)
 
     def alphas(self) -> list[nn.Parameter]:
@@ -169,9 +183,9 @@ def _builder(name: str):
     block, layers = ARL_LAYOUTS[name]
 
     def build(in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2, alpha_init: float = 0.001,
-              attention_softmax: str = "channel", **options) -> ARLResNet:
+              attention_softmax: str = "channel", fused: bool = False, **options) -> ARLResNet:
         return ARLResNet(block, layers, in_channels, num_classes, spatial_dims, alpha_init=alpha_init,
-                         attention_softmax=attention_softmax, **options)
+                         attention_softmax=attention_softmax, fused=fused, **options)
 
     build.__name__ = name
     build.__doc__ = f"ARL-CNN with {block} blocks {layers}; see :mod:`medsight.models.arl`."
