@@ -63,7 +63,7 @@ def test_augmentation_on_cuda_replays_the_cpu_draws():
 def test_arl_attention_map_on_cuda_keeps_layout_and_dtype(mode):
     """Under bf16 autocast on channels-last features (as in training) the mask stays bf16 and
     channels-last, and equals the float32 CPU mask to bf16 precision."""
-    features = torch.randn(4, 32, 14, 14) * 3
+    features = (torch.randn(4, 32, 14, 14) * 3).bfloat16().float()  # values bf16 holds exactly
     want = attention_map(features, mode)
     gpu = features.cuda().bfloat16().to(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):
