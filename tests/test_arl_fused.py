@@ -1,8 +1,8 @@
 """ARL's fused attention kernel (Triton) against the eager sum.
 
 On a CUDA machine the kernels run compiled; elsewhere Triton's CPU interpreter runs them. Skipped
-where Triton is not installed (CPU builds of torch come without it; ``make test`` installs it on
-Linux x86-64).
+where Triton is not installed (CPU builds of torch come without it; ``make test`` installs it where
+it has a wheel: Linux).
 """
 
 from __future__ import annotations
