@@ -73,5 +73,6 @@ def main() -> None:
         overhead = "" if model == "resnet50" else f"  ARL overhead {100 * (best['resnet50'] / ips - 1):.1f} %"
         print(f"  {model:15s} {ips:8.1f} images/s{overhead}")
 
+
 if __name__ == "__main__":
     main()
