@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -161,6 +163,21 @@ def test_float32_screen_falls_back_when_rounding_is_large():
     w = np.full(3, 1 / 3)
     x = mu[rng.integers(0, 3, 60)] + rng.normal(0, 0.03, (60, 3))
     assert_rel(fisher_vector(x, w, mu, var, False), dense_fv(x, w, mu, var, 1e-4), 1e-6)
+
+
+def test_values_beyond_float32_are_encoded_in_float64():
+    """A descriptor too large for the float32 screen (its square overflows) is redone exactly;
+    one whose square overflows float64 too is an error."""
+    rng = np.random.default_rng(3)
+    mu, var, w = rng.normal(size=(3, 4)), np.full((3, 4), 0.5), np.full(3, 1 / 3)
+    x = rng.normal(size=(6, 4))
+    x[2, 1] = 1e30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no overflow warnings from the screen either)
+        assert_rel(fisher_vector(x, w, mu, var, False), dense_fv(x, w, mu, var, 1e-4), 1e-12)
+    x[2, 1] = 1e200
+    with pytest.raises(FeatureError, match="set 0 has NaN, infinite or too large values"):
+        fisher_vector(x, w, mu, var)
 
 
 def test_ifv_is_unit_signed_square_root(fitted):

@@ -16,15 +16,17 @@ Choices made where the sources are open:
 - Posteriors below `min_posterior` are set to zero and the others are not renormalised (VLFeat
   does the same below 1e-6). CNN descriptors have nearly hard posteriors (about 1.3 components
   above 1e-4 each), so the gradients are summed only over the remaining (descriptor, component)
-  pairs, with one sparse product per chunk of about 512 descriptors. The threshold is part of the
+  pairs (numba kernels in `_fisher_kernels`, one pass each). The threshold is part of the
   definition: the signed square root magnifies what it drops, so IFV codes at 1e-4 differ from
   those at 0 by up to about 1e-2 of their largest entry on CNN-like data.
 - Precision: the (T, K) log-likelihoods come from one float32 matrix product on [x, x^2, 1] (the
   dominant cost; float32 has twice the float64 throughput). A worst-case bound on its rounding
   error is evaluated per descriptor, and every descriptor whose posteriors it could move by more
   than 1e-6 in all, or one of them across min_posterior (those with a second component that is
-  not negligible: about 20 % of CNN descriptors), is redone in float64; in the others only the
-  top component is left. The gradient sums and the codes are float64. Against a dense float64
+  not negligible: about 20 % of CNN descriptors), is redone in float64 for the components near
+  its top (the far ones keep the screen's value, whose error no longer matters there); in the
+  others only the top component is left. The gradient sums and the codes are float64, summed
+  from the centred (x - mu) / sigma. Against a dense float64
   computation of the same definition, FV codes agree to about 1e-9 of their largest entry and
   IFV codes (the square root magnifies small entries) to about 1e-7.
 - An empty descriptor set is an error (FeatureError), not a zero code: an image without
@@ -35,13 +37,14 @@ Choices made where the sources are open:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import ndimage
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from medsight.errors import FeatureError
+from medsight.features import _fisher_kernels as kernels
 
 _TOL = 1e-6  # largest posterior error the float32 screen may leave in a row
 _CHUNK_ROWS = 512  # descriptors encoded together: few BLAS calls, arrays mostly in cache
@@ -88,90 +91,51 @@ class _Gmm:
             raise FeatureError("GMM weights and variances must be positive and the means finite")
         self.k, self.d = k, d = mu.shape
         iv = 1.0 / var
-        # exact log-likelihoods, of x centred at the mixture mean (fewer digits cancel on
-        # uncentred data): log(w_k N(x)) = c_k + x.(mu_k/var_k) - x^2.(1/var_k)/2, with the
-        # -D/2 log(2 pi) that all components share dropped (w64: the two (D, K) weights)
-        self.ref = w @ mu
-        muc = mu - self.ref
-        self.w64 = (np.ascontiguousarray((muc * iv).T), np.ascontiguousarray(-0.5 * iv.T))
-        self.c64 = np.log(w) - 0.5 * np.log(var).sum(1) - 0.5 * (muc * muc * iv).sum(1)
+        # exact log-likelihoods: log(w_k N(x)) = c_k - |(x - mu_k) isd_k|^2 / 2, with the
+        # -D/2 log(2 pi) that all components share dropped
+        self.mu = np.ascontiguousarray(mu)
+        self.isd = np.sqrt(iv)
+        self.c = np.log(w) - 0.5 * np.log(var).sum(1)
         # float32 screen: logits of a = [x, x^2, 1], with what all components share taken out
         # (posteriors do not change) to shrink the terms and hence the rounding, which is at most
-        # (2D + 6) eps sum_i |a_i| max_k |w_ik| + 2 eps max |c| (c: the last row)
+        # (2D + 6) eps sum_i |a_i| max_k |w_ik| + 2 eps max |c| (c: the last row); the kernel
+        # bounds sum_i |x_i| max_k |w_ik| by |x| |max_k |w_ik|| over the first D rows
         w32 = np.concatenate([(mu * iv).T, -0.5 * iv.T])
-        c32 = np.log(w) - 0.5 * np.log(var).sum(1) - 0.5 * (mu * mu * iv).sum(1)
+        c32 = self.c - 0.5 * (mu * mu * iv).sum(1)
         w32, c32 = w32 - w32.mean(1, keepdims=True), c32 - c32.mean()
         self.w32 = np.vstack([w32, c32]).astype(np.float32)
         wmax = np.abs(w32).max(1)
-        # x^2 @ q32 = [sum x^2, x^2 . max_k |w_ik|], for that bound (float32 sums of positive
-        # terms, off by less than 2D eps: the 1.01)
-        self.q32 = np.stack([np.ones(d), wmax[d:]], 1).astype(np.float32)
+        self.wmax2 = np.ascontiguousarray(wmax[d:])
         eps = float(np.finfo(np.float32).eps)
-        self._bound = (1.01 * (2 * d + 6) * eps, float(np.linalg.norm(wmax[:d])),
-                       2 * eps * float(np.abs(c32).max()))
-        # codes: with S_j = sum_t g_tk x_t^j / T, one sparse product gives the centred sums
-        # T1 = S1 - S0 mu and T2 = S2 - S0 (mu^2 + var) (by K rows `centre` weighted by -S0 below
-        # the descriptors' [x, x^2]), and u = a1 T1, v = q2 T2 + c2 T1
-        self.centre = np.hstack([mu, mu * mu + var])
-        sw = np.sqrt(w)[:, None]
-        self.a1 = np.sqrt(iv) / sw
-        self.q2 = iv / (np.sqrt(2.0) * sw)
-        self.c2 = -2.0 * mu * self.q2
+        self.bound = np.array([1.01 * (2 * d + 6) * eps, np.linalg.norm(wmax[:d]),
+                               2 * eps * np.abs(c32).max()])
+        self.code_weight = 1.0 / np.sqrt(w)  # u_k, v_k: sums over the set / (T sqrt(w_k))
 
     def posteriors(self, x, min_posterior=0.0):
         """(n, K) float64 posteriors of x, to within _TOL, and zeroed below min_posterior."""
-        xx = np.empty((len(x), 2 * self.d))
-        xx[:, :self.d] = x
-        np.square(x, out=xx[:, self.d:], dtype=np.float64)
-        return self._posteriors(xx, self._screen_input(xx), min_posterior)
-
-    def _screen_input(self, xx, out=None):
-        """a = [x, x^2, 1] in float32, from xx = [x, x^2] in float64."""
-        if out is None:
-            out = np.empty((len(xx), 2 * self.d + 1), np.float32)
-        out[:, -1] = 1.0
-        np.copyto(out[:, :-1], xx, casting="same_kind")
-        return out
-
-    def _posteriors(self, xx, a, min_posterior):
-        """posteriors() given [x, x^2] in float64 (xx) and a from _screen_input."""
-        k, d, n = self.k, self.d, len(xx)
-        sums = a[:, d:-1] @ self.q32
-        if not np.isfinite(sums[:, 0]).all():
-            raise _NotFinite(int(np.argmin(np.isfinite(sums[:, 0]))))
-        f, lin, const = self._bound
-        err = f * (lin * np.sqrt(sums[:, 0], dtype=np.float64) + sums[:, 1]) + const
-        logit = a @ self.w32
-        top = logit.argmax(1)
-        p = np.subtract(logit, logit[np.arange(n), top][:, None])
-        np.exp(p, out=p)  # exp(l_j - l_top), each off by a factor within exp(+-slack)
-        total = p.sum(1, dtype=np.float64)
-        # rows redone in float64: where that can move the posteriors by _TOL in all or one across
-        # min_posterior, and where the bound is large (the logits may even have overflowed)
-        slack = 2 * err + 1e-6
-        floor = _TOL / np.expm1(slack)
-        if min_posterior > 0:
-            floor = np.minimum(floor, total * min_posterior * np.exp(-slack))
-        redo = ~((total - 1 < floor) & (err < 1.0))
-        if min_posterior > 0:
-            redo |= total * min_posterior * np.exp(slack) > 1  # the top itself near min_posterior
-            # in the rows kept, all but the top are below min_posterior
-            post = np.zeros((n, k))
-            post[np.arange(n), top] = 1 / total
-        else:
-            post = p / total[:, None]
-        redo = np.flatnonzero(redo)
-        if len(redo):
-            xr = np.subtract(xx[redo, :d], self.ref)
-            logit = xr @ self.w64[0]
-            logit += np.square(xr, out=xr) @ self.w64[1]
-            logit += self.c64
-            logit -= logit.max(1, keepdims=True)
-            np.exp(logit, out=logit)
-            logit /= logit.sum(1, keepdims=True)
-            logit[logit < min_posterior] = 0.0
-            post[redo] = logit
+        post = np.zeros((len(x), self.k))
+        for start in range(0, len(x), _CHUNK_ROWS):
+            chunk = np.ascontiguousarray(x[start:start + _CHUNK_ROWS], dtype=np.float64)
+            rows, comps, vals = self._sparse_posteriors(chunk, min_posterior, self._buffers(len(chunk)))
+            post[start + rows, comps] = vals
         return post
+
+    def _buffers(self, size):
+        """Work space for chunks of at most `size` descriptors: the screen's input and the triples."""
+        return (np.empty((size, 2 * self.d + 1), np.float32), np.empty(size * self.k, np.int64),
+                np.empty(size * self.k, np.int64), np.empty(size * self.k))
+
+    def _sparse_posteriors(self, x, min_posterior, buffers):
+        """(rows, components, posteriors) of float64 descriptors x (see kernels.sparse_posteriors)."""
+        a, rows, comps, vals = buffers
+        kernels.screen_input(x, a)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the kernel redoes those rows
+            logit = a[:len(x)] @ self.w32
+        count = kernels.sparse_posteriors(logit, x, self.wmax2, self.bound, self.mu, self.isd, self.c,
+                                          min_posterior, _TOL, rows, comps, vals)
+        if count < 0:
+            raise _NotFinite(-1 - count)
+        return rows[:count], comps[:count], vals[:count]
 
     def encode(self, sets, improved, min_posterior, empty_is_zero=False):
         """Codes of validated descriptor sets, about _CHUNK_ROWS descriptors at a time."""
@@ -179,78 +143,45 @@ class _Gmm:
         counts = np.array([len(x) for x in sets])
         if not empty_is_zero and not counts.all():
             raise FeatureError(f"descriptor set {np.argmin(counts)} is empty")
-        out = np.empty((len(sets), 2 * k * d))
-        if not counts.all():
-            out[counts == 0] = 0.0
-        size = min(_CHUNK_ROWS, counts.sum())
-        # work space: [x, x^2] below the `centre` rows in float64, and _screen_input's output
-        xx = np.empty((k + size, 2 * d))
-        xx[:k] = self.centre
-        a = np.empty((size, 2 * d + 1), np.float32)
-        for group in _groups(counts, size):
-            n = counts[group]
-            owner = np.repeat(np.arange(len(group)), n)
-            for start in range(0, n.sum(), size):  # several pieces only for a set larger than size
-                stop, row = min(start + size, n.sum()), k
-                for i in group:
-                    x = sets[i][start:stop]
-                    xx[row:row + len(x), :d] = x
-                    np.square(x, out=xx[row:row + len(x), d:], dtype=np.float64)
-                    row += len(x)
-                try:
-                    post = self._posteriors(xx[k:row], self._screen_input(xx[k:row], a[:row - k]),
-                                            min_posterior)
-                except _NotFinite as bad:
-                    raise FeatureError(f"descriptor set {group[owner[start + bad.row]]} has NaN, "
-                                       f"infinite or too large values") from None
-                part = self._moments(post, xx[:row], owner[start:stop], 1.0 / n)
-                moments = part if start == 0 else moments + part
-            view = group[-1] - group[0] == len(group) - 1  # no empty set in between
-            code = out[group[0]:group[-1] + 1] if view else np.empty((len(group), 2 * k * d))
-            self._codes(moments, code, improved)
-            if not view:
-                out[group] = code
-        return out
-
-    def _moments(self, post, xx, owner, inv_count):
-        """(sets * K, 2D) [T1, T2] of the descriptors, from their posteriors and
-        xx = [centre; [x, x^2]]: one sparse ((set, component), row) matrix of -S0, then g / T."""
-        k, m = self.k, len(inv_count)
-        t, comp = np.divmod((post.ravel() > 0).nonzero()[0], k)  # (np.nonzero(post) is slow)
-        col = owner[t] * k + comp
-        val = post[t, comp] * inv_count[owner[t]]
-        s0 = np.bincount(col, val, m * k).reshape(m, k)
-        data = np.concatenate([-s0.T.ravel(), val])
-        index = np.concatenate([(np.arange(m) * k + np.arange(k)[:, None]).ravel(), col])
-        indptr = np.concatenate([np.arange(k) * m, [k * m],
-                                 k * m + np.cumsum(np.bincount(t, minlength=len(post)))])
-        return sparse.csc_array((data, index, indptr), shape=(m * k, len(xx))) @ xx
-
-    def _codes(self, moments, code, improved):
-        """Write the codes of (sets * K, 2D) moments into code (sets, 2KD)."""
-        k, d = self.k, self.d
-        t = moments.reshape(len(code), k, 2, d)
-        uv = code.reshape(len(code), 2, k, d)
-        np.multiply(t[:, :, 0], self.a1, out=uv[:, 0])
-        np.multiply(t[:, :, 1], self.q2, out=uv[:, 1])
-        t1 = t[:, :, 0]
-        t1 *= self.c2
-        uv[:, 1] += t1
+        codes = np.zeros((len(sets), 2, k, d))
+        touched = np.zeros((len(sets), k), bool)
+        weight = self.code_weight / np.maximum(counts, 1)[:, None]
+        size = min(_CHUNK_ROWS, max(counts.sum(), 1))
+        buffers = self._buffers(size)
+        x = np.empty((size, d))
+        owner = np.empty(size, np.int64)
+        for rows, pieces in _chunks(counts, size):
+            at = 0
+            for i, begin, end in pieces:
+                x[at:at + end - begin] = sets[i][begin:end]
+                owner[at:at + end - begin] = i
+                at += end - begin
+            try:
+                t, comp, g = self._sparse_posteriors(x[:rows], min_posterior, buffers)
+            except _NotFinite as bad:
+                raise FeatureError(f"descriptor set {owner[bad.row]} has NaN, infinite or too large "
+                                   f"values") from None
+            kernels.accumulate(x, owner, weight, t, comp, g, len(t), self.mu, self.isd, codes, touched)
         if improved:
-            _power_l2(code, work=moments.reshape(code.shape))  # moments are spent: reuse them
+            kernels.finish(codes, touched)
+        return codes.reshape(len(sets), -1)
 
 
-def _groups(counts, size):
-    """Runs of consecutive non-empty sets with at most `size` descriptors in all (or one set)."""
-    group, rows = [], 0
+def _chunks(counts, size):
+    """Chunks of at most `size` consecutive descriptors over all sets: (rows, [(set, begin, end)])."""
+    pieces, rows = [], 0
     for i in np.flatnonzero(counts):
-        if group and rows + counts[i] > size:
-            yield np.array(group)
-            group, rows = [], 0
-        group.append(i)
-        rows += counts[i]
-    if group:
-        yield np.array(group)
+        begin = 0
+        while begin < counts[i]:
+            end = min(counts[i], begin + size - rows)
+            pieces.append((i, begin, end))
+            rows += end - begin
+            begin = end
+            if rows == size:
+                yield rows, pieces
+                pieces, rows = [], 0
+    if pieces:
+        yield rows, pieces
 
 
 class _NotFinite(FeatureError):
@@ -259,18 +190,6 @@ class _NotFinite(FeatureError):
     def __init__(self, row):
         self.row = row
         super().__init__(f"descriptor {row} has NaN, infinite or too large values")
-
-
-def _power_l2(codes, work=None):
-    """IFV normalisation in place: signed square root, then unit L2 norm per row."""
-    a = np.abs(codes, out=work)
-    norm = a.sum(1, keepdims=True)  # |signed sqrt(v)|^2 = |v|
-    np.sqrt(a, out=a)
-    a *= 1 / np.sqrt(np.where(norm > 0, norm, 1.0))
-    # codes = copysign(a, codes), through the sign bit (np.copysign is twice as slow)
-    bits = codes.view(np.uint64)
-    np.bitwise_and(bits, np.uint64(1 << 63), out=bits)
-    np.bitwise_or(bits, a.view(np.uint64), out=bits)
 
 
 def _as_sets(X, dim=None, check_finite=False):
