@@ -132,7 +132,7 @@ class _Gmm:
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: the kernel redoes those rows
             logit = a[:len(x)] @ self.w32
         count = kernels.sparse_posteriors(logit, x, self.wmax2, self.bound, self.mu, self.isd, self.c,
-                                          min_posterior, _TOL, rows, comps, vals)
+                                          float(min_posterior), _TOL, rows, comps, vals)
         if count < 0:
             raise _NotFinite(-1 - count)
         return rows[:count], comps[:count], vals[:count]
