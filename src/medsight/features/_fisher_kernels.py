@@ -46,9 +46,10 @@ def sparse_posteriors(logit, x, wmax2, bound, mu, isd, c, min_posterior, tol, ro
     + bound[2] in each entry. A row is kept from the screen when that error cannot move its
     posteriors by tol in all nor one of them across min_posterior; with min_posterior > 0 only its
     top component is left then (the others are below min_posterior). Otherwise the components
-    that matter are redone in float64 (c - |(x - mu) isd|^2 / 2, all of them if err >= 1) and the
-    rest keep the screen's value, whose relative error e^(2 err) - 1 is then below tol / (10 K)
-    of the top. Posteriors below min_posterior are dropped and the others not renormalised."""
+    within `reach` of the top are redone in float64 (c - |(x - mu) isd|^2 / 2; all of them if
+    err >= 1) and the farther ones keep the screen's value, off by a factor within e^(+-2 err):
+    `reach` makes their errors add up to less than tol / 10 of the top's weight. Posteriors below
+    min_posterior are dropped and the others not renormalised."""
     n, k = logit.shape
     d = x.shape[1]
     p = np.empty(k)

@@ -107,7 +107,7 @@ class _Gmm:
         wmax = np.abs(w32).max(1)
         self.wmax2 = np.ascontiguousarray(wmax[d:])
         eps = float(np.finfo(np.float32).eps)
-        self.bound = np.array([1.01 * (2 * d + 6) * eps, np.linalg.norm(wmax[:d]),
+        self.bound = np.array([(2 * d + 6) * eps, np.linalg.norm(wmax[:d]),
                                2 * eps * np.abs(c32).max()])
         self.code_weight = 1.0 / np.sqrt(w)  # u_k, v_k: sums over the set / (T sqrt(w_k))
 
