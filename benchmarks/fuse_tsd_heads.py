@@ -3,9 +3,9 @@
 For each fold run of ``benchmarks/lidc_cv.py`` (``bench_runs/lidc_cv/lidc_voi_fuse_tsd/fold<k>``) the
 run is loaded (its slice CNN), its train / validation / held-out cases are read back from
 ``split.json`` and described once (GLCM, Fourier shape, CNN; cached as ``descriptors.npz`` in the
-fold folder); then every head setting below is fitted on the training descriptors. The table gives, as the mean over folds, the inner-validation AUC (the
-one to choose a setting by) and the held-out AUC of the fused decision, and each descriptor's held-out
-AUC alone. The ``config`` row refits the config's own heads and must reproduce the fold runs.
+fold folder); then every head setting below is fitted on the training descriptors. The table gives,
+as the mean over folds, the inner-validation AUC (the one to choose a setting by) and the held-out
+AUC of the fused decision, and each descriptor's held-out AUC alone. The ``config`` row refits the config's own heads and must reproduce the fold runs.
 
     python benchmarks/fuse_tsd_heads.py --runs bench_runs/lidc_cv/lidc_voi_fuse_tsd --data ../shared/datasets/lidc_vois
 """

@@ -169,8 +169,6 @@ def test_redone_rows_keep_their_far_components():
     """A descriptor halfway between two Gaussians is redone in float64 near its top; a third
     Gaussian about 12 nats further keeps the screen's value, which must still be its posterior
     (to the screen's accuracy), not a zero."""
-    from medsight.features.fisher import _gmm_of
-
     mu = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 5.0]])
     var, w = np.full((3, 2), 1.0), np.full(3, 1 / 3)
     x = np.array([[0.5, 0.0], [0.5, 0.1], [0.45, -0.1]])
@@ -178,7 +176,7 @@ def test_redone_rows_keep_their_far_components():
     want = np.exp(logp - logp.max(1, keepdims=True))
     want /= want.sum(1, keepdims=True)
     assert 1e-6 < want[:, 2].max() < 1e-5  # far (> 6 nats below the top) yet not negligible
-    got = _gmm_of(w, mu, var).posteriors(x)
+    got = fisher._gmm_of(w, mu, var).posteriors(x)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
