@@ -182,18 +182,38 @@ def test_mcc_is_one_for_two_separate_textures():
     assert glcm_features(image, mask, bin_width=25, features="MCC")["MCC"] == pytest.approx(1, abs=1e-12)
 
 
-def test_second_eigenvalues_equal_eigvalsh_on_their_rows():
-    from medsight.features.glcm import _second_eigenvalues
+def test_mcc_kernel_equals_the_eigenvalue_definition_matrix_by_matrix():
+    """The kernel reduces up to 32 matrices side by side: 70 of them (three groups, spare lanes in the
+    last) of different sizes, symmetric or not, with absent levels (zero rows, zero columns, both, all
+    but one), a block-diagonal one (second eigenvalue 1) and a two-coloured one (eigenvalue -1)."""
+    from medsight.features import _glcm_kernels
 
     rng = np.random.default_rng(2)
-    b = rng.random((6, 9, 9))
-    s = b @ b.transpose(0, 2, 1)
-    rows = np.ones((6, 9), bool)
-    rows[1, [0, 4]] = rows[2, 1:] = rows[3, :7] = False  # rows 0 and 4 out; one row left; two rows left
-    s = s * rows[:, :, None] * rows[:, None, :]
-    s[4] = np.diag([1.0, 1.0, 0.5, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0])  # a repeated top eigenvalue
-    want = np.array([np.linalg.eigvalsh(m[r][:, r])[-2] if r.sum() > 1 else 0.0 for m, r in zip(s, rows)])
-    np.testing.assert_allclose(_second_eigenvalues(s, rows), want, rtol=1e-13, atol=1e-13)
+    n = 12
+    counts = np.zeros((70, n, n))
+    for i, c in enumerate(counts):
+        size = rng.integers(1, n + 1)
+        c[:size, :size] = rng.integers(0, 4, (size, size)) * (rng.random((size, size)) < 0.6)
+        if i % 2:
+            c += c.T  # symmetric, as a symmetric GLCM
+        c[0, 0] += 1  # no empty matrix
+    counts[5, 3, :] = counts[5, :, 3] = 0  # a level absent from a symmetric matrix
+    counts[6, 2, :] = counts[6, :, 7] = 0  # a row level and another column level absent
+    counts[7] = np.diag([1.0] + [0] * (n - 1))  # one level left
+    counts[8] = 0
+    counts[8, :3, :3] = counts[8, 5:9, 5:9] = 1  # two blocks: the second eigenvalue is 1 too
+    counts[9] = 0
+    counts[9, 0, 1] = counts[9, 1, 0] = counts[9, 1, 2] = counts[9, 2, 1] = 1  # bipartite: eigenvalue -1
+    p = counts / counts.sum(axis=(1, 2), keepdims=True)
+    got = np.empty(len(p))
+    _glcm_kernels.mcc(p, p.sum(axis=2), p.sum(axis=1), got)
+    want = np.array([mcc_reference(c[None]) for c in counts])
+    sym = np.arange(70) % 2 == 1
+    np.testing.assert_allclose(got[sym], want[sym], rtol=1e-11, atol=1e-12)
+    # not symmetric: MCC is the square root of an eigenvalue, which near 0 is ~sqrt(rounding) ~ 1e-8
+    np.testing.assert_allclose(got[~sym], want[~sym], rtol=1e-11, atol=5e-8)
+    assert got[8] == pytest.approx(1, abs=1e-12) and got[9] == pytest.approx(1, abs=1e-12)
+    assert got[7] == pytest.approx(0, abs=1e-12)
 
 
 # ------------------------------------------------------------------ discretisation

@@ -44,11 +44,11 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.linalg import lapack
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from medsight.errors import FeatureError
+from medsight.features import _glcm_kernels
 
 GLCM_FEATURES = (
     "Autocorrelation", "ClusterProminence", "ClusterShade", "ClusterTendency", "Contrast", "Correlation",
@@ -249,23 +249,19 @@ def _to_numpy(x) -> np.ndarray:
 def _count(xp, to_xp, level_image, voxels, values, offs: np.ndarray, n: int):
     """Co-occurrence counts (n_offsets, n, n) from ``_level_image``'s level image, voxels and values.
 
-    Each pair (v, v + offset) gets the code level(v) * (n+1) + level(v + offset), and a bincount of
-    the codes gives the matrix; column 0 (a neighbour outside the mask) and row 0 (empty) are then dropped."""
+    Each pair (v, v + offset) counts in cell level(v) * (n+1) + level(v + offset) of its offset's row:
+    in one numba pass over the voxels on the CPU, as one gather and one bincount in torch. Column 0
+    (a neighbour outside the mask) and row 0 (empty) are then dropped."""
     k = n + 1
     strides = np.cumprod((1,) + level_image.shape[:0:-1])[::-1]  # flat index step of each axis
     shifts = offs @ strides  # all > 0: the offsets lie in one half-space, and so v + shift is in range
-    flat, first = level_image.reshape(-1), values * k
+    flat = level_image.reshape(-1)
     if xp is np:
-        counts = np.empty((len(shifts), k * k), dtype=np.intp)
-        for row, s in zip(counts, shifts.tolist()):
-            codes = flat[s:].take(voxels)  # the neighbours' levels, flat[v + s], without an index sum
-            codes += first
-            row[:] = np.bincount(codes, minlength=k * k)
-        # One bincount over all offsets is no faster: the per-offset arrays (~10^4 voxels) stay in cache,
-        # and freeing the large ones on every call can make malloc page-fault them in again (2-3x slower).
+        counts = np.zeros((len(shifts), k * k), dtype=np.intp)
+        _glcm_kernels.count_pairs(flat, voxels, shifts, k, counts)
     else:  # torch, meant for a GPU: all shifts in one gather and one bincount
         flat, v, shifts = to_xp(flat), to_xp(voxels), to_xp(shifts)
-        codes = xp.take(flat, v[None, :] + shifts[:, None]) + to_xp(first)[None, :]
+        codes = xp.take(flat, v[None, :] + shifts[:, None]) + to_xp(values * k)[None, :]
         codes += (xp.arange(len(shifts), device=flat.device) * (k * k))[:, None]
         counts = xp.bincount(codes.reshape(-1), minlength=len(shifts) * k * k)
     return counts.reshape(len(offs), k, k)[:, 1:, 1:]
@@ -397,38 +393,19 @@ def _mcc(xp, p, px, py, single):
 
     pyradiomics takes sqrt of the second eigenvalue of Q = Dx^-1 P Dy^-1 P^T; Q is similar to S = A A^T
     (S = Dx^1/2 Q Dx^-1/2), so a symmetric eigensolver gives the same values, faster and real.
-    S's top eigenvalue is 1, with eigenvector sqrt(px)."""
+    On the CPU a numba kernel (``_glcm_kernels.mcc``) reduces all the matrices side by side; in torch,
+    a batched eigvalsh of S."""
     if p.shape[-1] < 2:
         return xp.where(single, 1.0, 0.0)
+    if xp is np:
+        second = np.empty(len(p))
+        _glcm_kernels.mcc(p, px, py, second)
+        return np.where(single, 1.0, second)
     rx = xp.where(px > 0, 1 / xp.sqrt(xp.where(px > 0, px, 1.0)), 0.0)
     ry = xp.where(py > 0, 1 / xp.sqrt(xp.where(py > 0, py, 1.0)), 0.0)
     a = p * rx[:, :, None] * ry[:, None, :]
     s = a @ xp.swapaxes(a, -1, -2)
-    second = _second_eigenvalues(s, px > 0) if xp is np else xp.linalg.eigvalsh(s)[:, -2]
-    return xp.where(single, 1.0, xp.sqrt(second.clip(min=0)))
-
-
-def _second_eigenvalues(s: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The second largest eigenvalue of each symmetric matrix s[i], on its nonzero rows rows[i].
-
-    LAPACK, one matrix at a time: Householder tridiagonalisation (dsytrd), then bisection for that one
-    eigenvalue (dstebz, to full precision): ~28 us per matrix at n = 35, against ~37 us for eigvalsh,
-    which finds all n eigenvalues of the tridiagonal matrix. Zero rows (absent levels) are left out first."""
-    out = np.zeros(len(s))
-    full = rows.all(axis=1)
-    for i, matrix in enumerate(s):
-        if not full[i]:
-            keep = np.flatnonzero(rows[i])
-            matrix = matrix[keep[:, None], keep]
-        n = len(matrix)
-        if n < 2:
-            continue  # a single pair of levels: the second eigenvalue is 0
-        _, diagonal, off_diagonal, _, info = lapack.dsytrd(matrix)
-        m, w, _, _, info2 = lapack.dstebz(diagonal, off_diagonal, 2, 0.0, 0.0, n - 1, n - 1, 0.0, "E")
-        if info or info2 or m != 1:  # never seen; eigvalsh is the safe path
-            w = np.linalg.eigvalsh(matrix)[-2:]
-        out[i] = w[0]
-    return out
+    return xp.where(single, 1.0, xp.sqrt(xp.linalg.eigvalsh(s)[:, -2].clip(min=0)))
 
 
 def _check_features(features) -> tuple[str, ...]:
