@@ -1,6 +1,7 @@
 """Numba kernels of the GLCM features' CPU path (:mod:`medsight.features.glcm`, ``device=None``).
 
 - ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels;
+- ``texture``: pyradiomics' 24 features of every matrix of a stack, a few passes over each;
 - ``mcc``: the maximal correlation coefficient of every matrix of a stack, by Householder
   tridiagonalisation and Sturm bisection, the matrices bisected side by side.
 
@@ -33,6 +34,118 @@ def count_pairs(flat, voxels, shifts, k, counts):
             counts[o, a + flat[v + shifts[o]]] += 1
 
 
+# columns of `texture`'s output: glcm.GLCM_FEATURES, pyradiomics' names in alphabetical order
+(AUTOCORRELATION, CLUSTER_PROMINENCE, CLUSTER_SHADE, CLUSTER_TENDENCY, CONTRAST, CORRELATION,
+ DIFFERENCE_AVERAGE, DIFFERENCE_ENTROPY, DIFFERENCE_VARIANCE, ID, IDM, IDMN, IDN, IMC1, IMC2,
+ INVERSE_VARIANCE, JOINT_AVERAGE, JOINT_ENERGY, JOINT_ENTROPY, MCC, MAXIMUM_PROBABILITY,
+ SUM_AVERAGE, SUM_ENTROPY, SUM_SQUARES) = range(24)  # fmt: skip
+_EPS = np.spacing(1.0)  # pyradiomics' epsilon, kept where it changes a value (Correlation's denominator)
+
+
+@numba.njit(cache=True)
+def texture(counts, n_levels, single, with_mcc, out):
+    """out[i] = pyradiomics' 24 GLCM features of the counts counts[i] (columns as the constants above).
+
+    Row/column j holds grey level j + 1 (absent levels are zero rows; they change no feature).
+    n_levels[i] is pyradiomics' Ng (the highest level, for Idmn and Idn); single[i] marks a mask with
+    one grey level, whose MCC pyradiomics defines as 1. MCC is computed only `with_mcc` (it costs as
+    much as the others together). An empty matrix gives NaN.
+    Entropies take 0 log 0 = 0, and HXY1 = HXY2 = HX + HY without pyradiomics' eps."""
+    m, n = counts.shape[0], counts.shape[1]
+    p = np.zeros_like(counts)
+    px = np.zeros((m, n))
+    py = np.zeros((m, n))
+    p_sum = np.empty(2 * n - 1)  # p_sum[s]: level sum s + 2
+    p_diff = np.empty(n)  # p_diff[k]: level difference k
+    for i in range(m):
+        total = counts[i].sum()
+        if total == 0:
+            out[i] = np.nan
+            continue
+        p_sum[:] = 0.0
+        p_diff[:] = 0.0
+        energy = entropy = peak = auto = 0.0
+        for a in range(n):
+            for b in range(n):
+                v = counts[i, a, b] / total
+                p[i, a, b] = v
+                px[i, a] += v
+                py[i, b] += v
+                p_sum[a + b] += v
+                p_diff[abs(a - b)] += v
+                auto += v * (a + 1) * (b + 1)
+                energy += v * v
+                entropy -= _plogp(v)
+                peak = max(peak, v)
+        ux = uy = 0.0
+        for a in range(n):
+            ux += px[i, a] * (a + 1)
+            uy += py[i, a] * (a + 1)
+        var_x = var_y = cov = hx = hy = 0.0
+        for a in range(n):
+            dx, dy = a + 1 - ux, a + 1 - uy
+            var_x += px[i, a] * dx * dx
+            var_y += py[i, a] * dy * dy
+            hx -= _plogp(px[i, a])
+            hy -= _plogp(py[i, a])
+            row = 0.0
+            for b in range(n):
+                row += p[i, a, b] * (b + 1 - uy)
+            cov += row * dx
+        f = out[i]
+        f[AUTOCORRELATION], f[JOINT_AVERAGE], f[SUM_SQUARES] = auto, ux, var_x
+        f[JOINT_ENERGY], f[JOINT_ENTROPY], f[MAXIMUM_PROBABILITY] = energy, entropy, peak
+        sxy = math.sqrt(var_x) * math.sqrt(var_y)
+        f[CORRELATION] = 1.0 if sxy == 0 else cov / (sxy + _EPS)
+        tendency = shade = prominence = average = sum_entropy = 0.0
+        for s in range(2 * n - 1):
+            t = s + 2 - ux - uy
+            t2 = p_sum[s] * t * t
+            tendency += t2
+            shade += t2 * t
+            prominence += t2 * t * t
+            average += p_sum[s] * (s + 2)
+            sum_entropy -= _plogp(p_sum[s])
+        f[CLUSTER_TENDENCY], f[CLUSTER_SHADE], f[CLUSTER_PROMINENCE] = tendency, shade, prominence
+        f[SUM_AVERAGE], f[SUM_ENTROPY] = average, sum_entropy
+        contrast = diff_average = inv_diff = inv_diff_moment = inv_variance = diff_entropy = 0.0
+        idmn = idn = 0.0
+        for k in range(n):
+            contrast += p_diff[k] * k * k
+            diff_average += p_diff[k] * k
+            inv_diff += p_diff[k] / (1 + k)
+            inv_diff_moment += p_diff[k] / (1 + k * k)
+            if k > 0:
+                inv_variance += p_diff[k] / (k * k)
+            diff_entropy -= _plogp(p_diff[k])
+            ratio = k / n_levels[i]
+            idmn += p_diff[k] / (1 + ratio * ratio)
+            idn += p_diff[k] / (1 + ratio)
+        diff_variance = 0.0
+        for k in range(n):
+            diff_variance += p_diff[k] * (k - diff_average) * (k - diff_average)
+        f[CONTRAST], f[DIFFERENCE_AVERAGE], f[DIFFERENCE_VARIANCE] = contrast, diff_average, diff_variance
+        f[ID], f[IDM], f[INVERSE_VARIANCE], f[DIFFERENCE_ENTROPY] = inv_diff, inv_diff_moment, inv_variance, diff_entropy
+        f[IDMN], f[IDN] = idmn, idn
+        # the mutual information is HX + HY - HXY once the eps is gone
+        div = max(hx, hy)
+        f[IMC1] = (entropy - hx - hy) / div if div > 0 else 0.0
+        f[IMC2] = math.sqrt(max(1 - math.exp(-2 * (hx + hy - entropy)), 0.0))
+        f[MCC] = 1.0 if single[i] else np.nan
+    if with_mcc:
+        values = np.empty(m)
+        mcc(p, px, py, values)
+        for i in range(m):
+            if not (single[i] or np.isnan(out[i, JOINT_ENERGY])):  # not one level, not empty
+                out[i, MCC] = values[i]
+
+
+@numba.njit(cache=True)
+def _plogp(v):
+    """p log2 p, 0 at p = 0."""
+    return v * math.log2(v) if v > 0 else 0.0
+
+
 @numba.njit(cache=True)
 def mcc(p, px, py, out):
     """out[i] = the maximal correlation coefficient of the joint distribution p[i] (marginals px[i], py[i]).
@@ -61,14 +174,16 @@ def mcc(p, px, py, out):
             cols = np.flatnonzero(py[i] > 0)
             r = len(rows)
             size[lane] = r
+            u = np.sqrt(px[i, rows])
+            rx = 1 / u
+            ry = 1 / np.sqrt(py[i, cols])
             a = np.empty((r, len(cols)))
             for s in range(r):
                 for t in range(len(cols)):
-                    a[s, t] = p[i, rows[s], cols[t]] / math.sqrt(px[i, rows[s]] * py[i, cols[t]])
+                    a[s, t] = p[i, rows[s], cols[t]] * rx[s] * ry[t]
             squared[lane] = not _is_symmetric(p[i])
             if squared[lane]:
                 a = a @ a.T
-            u = np.sqrt(px[i, rows])
             for s in range(r):
                 for t in range(s + 1):
                     w[s, t, lane] = a[s, t] - u[s] * u[t]

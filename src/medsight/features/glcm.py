@@ -58,7 +58,6 @@ GLCM_FEATURES = (
 )  # fmt: skip
 SKIMAGE_PROPS = ("contrast", "dissimilarity", "homogeneity", "ASM", "energy", "correlation",
                  "mean", "variance", "std", "entropy")  # fmt: skip
-_EPS = np.spacing(1)  # pyradiomics' epsilon, kept where it changes a value (Correlation's denominator)
 
 
 # ---------------------------------------------------------------- neighbourhoods
@@ -267,10 +266,6 @@ def _count(xp, to_xp, level_image, voxels, values, offs: np.ndarray, n: int):
     return counts.reshape(len(offs), k, k)[:, 1:, 1:]
 
 
-def _symmetrise(xp, counts):
-    return counts + xp.swapaxes(counts, -1, -2)
-
-
 # ---------------------------------------------------------------- matrices
 
 
@@ -291,10 +286,9 @@ def glcm_matrices(image, mask=None, *, distances=(1,), directions=None, bin_widt
     binning = None if levels is not None else _check_binning(bin_width, bin_count)
     level_image, voxels, values, n = _level_image(image, mask, int(np.abs(offs).max()), binning, levels)
     xp, to_xp = _backend(device)
-    counts = _count(xp, to_xp, level_image, voxels, values, offs, n)
+    counts = _to_numpy(_count(xp, to_xp, level_image, voxels, values, offs, n)).astype(np.float64)
     if symmetric:
-        counts = _symmetrise(xp, counts)
-    counts = _to_numpy(counts).astype(np.float64)
+        counts = counts + counts.swapaxes(1, 2)
     if levels is not None:
         return counts, np.arange(levels)
     present = np.flatnonzero(np.bincount(values))  # pyradiomics drops the levels absent from the mask
@@ -303,109 +297,6 @@ def glcm_matrices(image, mask=None, *, distances=(1,), directions=None, bin_widt
 
 
 # ---------------------------------------------------------------- features
-
-
-@functools.lru_cache(maxsize=8)
-def _histogram_index(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bincount indices sending entry (row, i, j) of an (m, n, n) stack to its i + j and |i - j| bins."""
-    i, j = np.indices((n, n))
-    rows = np.arange(m)[:, None]
-    return (rows * (2 * n - 1) + (i + j).ravel()).ravel(), (rows * n + np.abs(i - j).ravel()).ravel()
-
-
-@functools.lru_cache(maxsize=8)
-def _level_weights(n: int) -> tuple[np.ndarray, ...]:
-    """(ones, levels 1..n, sums 2..2n, differences 0..n-1, difference weights (n, 5)) for an n x n matrix.
-    The weights' columns give Contrast, DifferenceAverage, Id, Idm and InverseVariance as p_diff @ column."""
-    k = np.arange(float(n))
-    inverse_square = np.divide(1, k * k, out=np.zeros(n), where=k > 0)  # InverseVariance skips k = 0
-    weights = np.stack([k * k, k, 1 / (1 + k), 1 / (1 + k * k), inverse_square], axis=1)
-    return np.ones(n), k + 1, np.arange(2.0, 2 * n + 1), k, weights
-
-
-_TINY = np.finfo(np.float64).tiny
-
-
-def _entropy(xp, p, axes):
-    """-sum p log2 p with 0 log 0 = 0 (p is raised to the smallest normal number first: 0 * log2(tiny) = 0),
-    so that a certain outcome has entropy exactly 0."""
-    return -(p * xp.log2(p.clip(min=_TINY))).sum(axis=axes)
-
-
-def _texture(xp, to_xp, counts, total, n_levels, single, names) -> dict:
-    """The features in `names` for each matrix of a stack: counts (m, n, n), their sums (m,) -> {name: (m,)}.
-
-    Row/column i holds grey level i + 1 (absent levels are zero rows; they change no feature).
-    n_levels (m,) is pyradiomics' Ng (highest level, for Idmn and Idn); single (m,) marks matrices
-    of a mask with one grey level, whose MCC pyradiomics defines as 1. Empty matrices give garbage,
-    which the caller leaves out.
-    """
-    m, n = counts.shape[0], counts.shape[-1]
-    ones, g, sums, k, diff_weights = (to_xp(a) for a in _level_weights(n))
-    p = counts * (1 / xp.where(total > 0, total, 1.0))[:, None, None]
-    px, py = p @ ones, ones @ p  # marginals of the row and the column level
-    ux, uy = px @ g, py @ g
-    sum_index, diff_index = (to_xp(a) for a in _histogram_index(m, n))
-    flat = p.reshape(-1)
-    p_sum = xp.bincount(sum_index, weights=flat, minlength=m * (2 * n - 1)).reshape(m, 2 * n - 1)  # i + j
-    p_diff = xp.bincount(diff_index, weights=flat, minlength=m * n).reshape(m, n)  # |i - j|
-
-    f = {}
-    t = sums[None, :] - (ux + uy)[:, None]  # i + j - ux - uy
-    t2 = p_sum * t * t
-    f["ClusterTendency"], f["ClusterShade"], f["ClusterProminence"] = (
-        t2.sum(axis=1), (t2 * t).sum(axis=1), (t2 * t * t).sum(axis=1))  # fmt: skip
-    f["SumAverage"] = p_sum @ sums
-    f["SumEntropy"] = _entropy(xp, p_sum, 1)
-    diff = p_diff @ diff_weights
-    f["Contrast"], f["DifferenceAverage"], f["Id"], f["Idm"], f["InverseVariance"] = diff.T
-    dd = k[None, :] - diff[:, 1:2]
-    f["DifferenceVariance"] = (p_diff * dd * dd).sum(axis=1)
-    f["DifferenceEntropy"] = _entropy(xp, p_diff, 1)
-    ratio = k[None, :] / n_levels[:, None]
-    f["Idmn"] = (p_diff / (1 + ratio * ratio)).sum(axis=1)
-    f["Idn"] = (p_diff / (1 + ratio)).sum(axis=1)
-
-    dx, dy = g[None, :] - ux[:, None], g[None, :] - uy[:, None]
-    var_x, var_y = (px * dx * dx).sum(axis=1), (py * dy * dy).sum(axis=1)
-    f["Autocorrelation"] = (p @ g) @ g
-    f["JointAverage"] = ux
-    f["SumSquares"] = var_x
-    cov = ((p @ dy[:, :, None])[:, :, 0] * dx).sum(axis=1)
-    sxy = xp.sqrt(var_x) * xp.sqrt(var_y)
-    f["Correlation"] = xp.where(sxy == 0, 1.0, cov / (sxy + _EPS))
-    rows = p.reshape(m, 1, n * n)
-    f["JointEnergy"] = (rows @ rows.reshape(m, n * n, 1))[:, 0, 0]
-    f["JointEntropy"] = hxy = _entropy(xp, rows[:, 0], 1)
-    f["MaximumProbability"] = xp.amax(rows[:, 0], axis=1)
-    hx, hy = _entropy(xp, px, 1), _entropy(xp, py, 1)
-    div = xp.maximum(hx, hy)
-    # HXY1 = HXY2 = HX + HY once the eps is gone: the mutual information is HX + HY - HXY.
-    f["Imc1"] = xp.where(div > 0, (hxy - hx - hy) / xp.where(div > 0, div, 1.0), 0.0)
-    f["Imc2"] = xp.sqrt((1 - xp.exp(-2 * (hx + hy - hxy))).clip(min=0))
-    if "MCC" in names:
-        f["MCC"] = _mcc(xp, p, px, py, single)
-    return {name: f[name] for name in names}
-
-
-def _mcc(xp, p, px, py, single):
-    """Maximal correlation coefficient: the second singular value of A = Dx^-1/2 P Dy^-1/2.
-
-    pyradiomics takes sqrt of the second eigenvalue of Q = Dx^-1 P Dy^-1 P^T; Q is similar to S = A A^T
-    (S = Dx^1/2 Q Dx^-1/2), so a symmetric eigensolver gives the same values, faster and real.
-    On the CPU a numba kernel (``_glcm_kernels.mcc``) reduces all the matrices side by side; in torch,
-    a batched eigvalsh of S."""
-    if p.shape[-1] < 2:
-        return xp.where(single, 1.0, 0.0)
-    if xp is np:
-        second = np.empty(len(p))
-        _glcm_kernels.mcc(p, px, py, second)
-        return np.where(single, 1.0, second)
-    rx = xp.where(px > 0, 1 / xp.sqrt(xp.where(px > 0, px, 1.0)), 0.0)
-    ry = xp.where(py > 0, 1 / xp.sqrt(xp.where(py > 0, py, 1.0)), 0.0)
-    a = p * rx[:, :, None] * ry[:, None, :]
-    s = a @ xp.swapaxes(a, -1, -2)
-    return xp.where(single, 1.0, xp.sqrt(xp.linalg.eigvalsh(s)[:, -2].clip(min=0)))
 
 
 def _check_features(features) -> tuple[str, ...]:
@@ -446,17 +337,17 @@ def glcm_features_batch(images, masks=None, *, distances=(1,), directions=None, 
         except FeatureError as err:
             raise FeatureError(f"image {idx}: {err}") from None
     if len(counted) == 1:
-        return _stack_features(xp, to_xp, counted, symmetric, names)
+        return _stack_features(counted, symmetric, names)
     out = np.empty((len(images), len(names)))
     for run in _stacks([counts.shape[0] * n * n for counts, n, _ in counted], budget=2**16):
-        out[run] = _stack_features(xp, to_xp, [counted[i] for i in run], symmetric, names)
+        out[run] = _stack_features([counted[i] for i in run], symmetric, names)
     return out
 
 
 def _counted(xp, to_xp, image, mask, offs, binning):
     """(counts (n_offsets, n, n), n, whether the mask holds one grey level) of one checked image."""
     level_image, voxels, values, n = _level_image(image, mask, int(np.abs(offs).max()), binning)
-    counts = _count(xp, to_xp, level_image, voxels, values, offs, n)
+    counts = _to_numpy(_count(xp, to_xp, level_image, voxels, values, offs, n))
     if not counts.any():
         raise FeatureError("no pair of mask voxels at these distances and directions")
     return counts, n, int(values.min()) == n
@@ -474,25 +365,26 @@ def _stacks(sizes, budget):
     yield run
 
 
-def _stack_features(xp, to_xp, counted, symmetric, names) -> np.ndarray:
-    """(n_images, n_features): the features of every offset of every image in one pass, then, as
-    pyradiomics by default, their mean over the offsets that have at least one pair."""
+def _stack_features(counted, symmetric, names) -> np.ndarray:
+    """(n_images, n_features): the features of every offset of every image in one kernel call
+    (``_glcm_kernels.texture``), then, as pyradiomics by default, their mean over the offsets that
+    have at least one pair."""
     n_off, n_max = counted[0][0].shape[0], max(n for _, n, _ in counted)
-    if len(counted) == 1 and xp is np:  # one image: no padded copy; symmetrise and convert in one pass
+    if len(counted) == 1:  # one image: no padded copy; symmetrise and convert in one pass
         counts = counted[0][0]
         stack = np.add(counts, counts.swapaxes(1, 2), dtype=np.float64) if symmetric else counts.astype(np.float64)
     else:
-        stack = to_xp(np.zeros((len(counted), n_off, n_max, n_max)))  # zero rows: absent levels, no effect
+        stack = np.zeros((len(counted), n_off, n_max, n_max))  # zero rows: absent levels, no effect
         for row, (counts, n, _) in zip(stack, counted):
             row[:, :n, :n] = counts
-        stack = _symmetrise(xp, stack) if symmetric else stack
+        stack = stack + stack.swapaxes(2, 3) if symmetric else stack
     stack = stack.reshape(-1, n_max, n_max)
-    total = stack.sum(axis=(1, 2))
-    n_levels = to_xp(np.repeat([float(n) for _, n, _ in counted], n_off))
-    single = to_xp(np.repeat([one for _, _, one in counted], n_off))
-    values = _texture(xp, to_xp, stack, total, n_levels, single, names)
-    values = np.stack([_to_numpy(values[name]) for name in names], axis=1).reshape(len(counted), n_off, -1)
-    valid = _to_numpy(total > 0).reshape(len(counted), n_off, 1)
+    n_levels = np.repeat([float(n) for _, n, _ in counted], n_off)
+    single = np.repeat([one for _, _, one in counted], n_off)
+    values = np.empty((len(stack), len(GLCM_FEATURES)))
+    _glcm_kernels.texture(stack, n_levels, single, "MCC" in names, values)
+    values = values[:, [GLCM_FEATURES.index(name) for name in names]].reshape(len(counted), n_off, -1)
+    valid = stack.any(axis=(1, 2)).reshape(len(counted), n_off, 1)
     return np.where(valid, values, 0.0).sum(axis=1) / valid.sum(axis=1)
 
 
