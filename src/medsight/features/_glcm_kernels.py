@@ -1,5 +1,6 @@
 """Numba kernels of the GLCM features' CPU path (:mod:`medsight.features.glcm`, ``device=None``).
 
+- ``gather_mask``: the values and padded flat indices of the mask's voxels, in one pass;
 - ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels;
 - ``texture``: pyradiomics' 24 features of every matrix of a stack, a few passes over each;
 - ``mcc``: the maximal correlation coefficient of every matrix of a stack, by Householder
@@ -18,6 +19,24 @@ import numpy as np
 
 _GROUP = 32  # matrices reduced side by side at most; fewer are padded to a multiple of 8 lanes
 _BISECTIONS = 56  # halvings of an interval of width <= 4: below the spacing of doubles in [-1, 1]
+
+
+@numba.njit(cache=True)
+def gather_mask(image, mask, pads, values, voxels):
+    """values[j] = the j-th voxel of the mask in C order, voxels[j] = its flat index in the array
+    of the mask's shape padded by pads (z, y, x) on both sides: one pass instead of a boolean
+    index, a padded copy of the mask and a flatnonzero of it."""
+    nz, ny, nx = mask.shape
+    wide_y, wide_x = ny + 2 * pads[1], nx + 2 * pads[2]
+    j = 0
+    for z in range(nz):
+        for y in range(ny):
+            start = ((z + pads[0]) * wide_y + y + pads[1]) * wide_x + pads[2]
+            for x in range(nx):
+                if mask[z, y, x]:
+                    values[j] = image[z, y, x]
+                    voxels[j] = start + x
+                    j += 1
 
 
 @numba.njit(cache=True)
@@ -44,17 +63,19 @@ def count_pairs(flat, voxels, shifts, k, counts):
 _EPS = np.spacing(1.0)  # pyradiomics' epsilon, kept where it changes a value (Correlation's denominator)
 
 
-@numba.njit(cache=True)
-def texture(counts, n_levels, single, with_mcc, out):
-    """out[i] = pyradiomics' 24 GLCM features of the counts counts[i] (columns as the constants above).
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def texture(counts, symmetric, n_levels, single, with_mcc, out):
+    """out[i] = pyradiomics' 24 GLCM features of the counts counts[i] (columns as the constants above),
+    or of counts[i] + counts[i].T when `symmetric`.
 
     Row/column j holds grey level j + 1 (absent levels are zero rows; they change no feature).
     n_levels[i] is pyradiomics' Ng (the highest level, for Idmn and Idn); single[i] marks a mask with
     one grey level, whose MCC pyradiomics defines as 1. MCC is computed only `with_mcc` (it costs as
     much as the others together). An empty matrix gives NaN.
-    Entropies take 0 log 0 = 0, and HXY1 = HXY2 = HX + HY without pyradiomics' eps."""
+    Entropies take 0 log 0 = 0, and HXY1 = HXY2 = HX + HY without pyradiomics' eps.
+    Sums may be reassociated (fastmath), so that the loops over a row vectorise."""
     m, n = counts.shape[0], counts.shape[1]
-    p = np.zeros_like(counts)
+    p = np.zeros((m, n, n))
     px = np.zeros((m, n))
     py = np.zeros((m, n))
     p_sum = np.empty(2 * n - 1)  # p_sum[s]: level sum s + 2
@@ -64,21 +85,30 @@ def texture(counts, n_levels, single, with_mcc, out):
         if total == 0:
             out[i] = np.nan
             continue
+        inverse = 1 / (2 * total if symmetric else total)
         p_sum[:] = 0.0
         p_diff[:] = 0.0
         energy = entropy = peak = auto = 0.0
         for a in range(n):
+            row = weighted = 0.0
             for b in range(n):
-                v = counts[i, a, b] / total
+                v = (counts[i, a, b] + counts[i, b, a] if symmetric else counts[i, a, b]) * inverse
                 p[i, a, b] = v
-                px[i, a] += v
+                row += v
+                weighted += v * (b + 1)
                 py[i, b] += v
-                p_sum[a + b] += v
-                p_diff[abs(a - b)] += v
-                auto += v * (a + 1) * (b + 1)
                 energy += v * v
-                entropy -= _plogp(v)
                 peak = max(peak, v)
+            px[i, a] = row
+            auto += weighted * (a + 1)
+            for b in range(n):  # the sums a + b of row a are consecutive, and so are its b - a >= 0
+                p_sum[a + b] += p[i, a, b]
+            for b in range(a, n):
+                p_diff[b - a] += p[i, a, b]
+            for b in range(a):
+                p_diff[a - b] += p[i, a, b]
+            for b in range(n):
+                entropy -= _plogp(p[i, a, b])
         ux = uy = 0.0
         for a in range(n):
             ux += px[i, a] * (a + 1)

@@ -134,7 +134,10 @@ def _check_input(image, mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _masked_values(image, mask) -> np.ndarray:
-    values = image[mask]
+    return _check_finite(image[mask])
+
+
+def _check_finite(values) -> np.ndarray:
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise FeatureError("image has NaN or inf inside the mask")
     return values
@@ -202,7 +205,12 @@ def _level_image(image, mask, pad, binning=None, levels=None):
     (scikit-image's convention), in which case n is `levels`."""
     box = _bounding_box(mask)
     image, mask = image[box], mask[box]
-    values = _masked_values(image, mask)
+    values = np.empty(np.count_nonzero(mask), dtype=image.dtype)
+    voxels = np.empty(len(values), dtype=np.int64)
+    pads = np.array([0 if image.ndim == 2 else pad, pad, pad])  # a 2D image is one slice, unpadded in z
+    _glcm_kernels.gather_mask(image.reshape((-1,) + image.shape[-2:]), mask.reshape((-1,) + mask.shape[-2:]),
+                              pads, values, voxels)  # fmt: skip
+    _check_finite(values)
     if levels is None:
         values = _digitize(values, *binning)
         n = int(values.max())
@@ -212,10 +220,7 @@ def _level_image(image, mask, pad, binning=None, levels=None):
         if image.dtype.kind not in "iu" or values.min() < 0 or values.max() >= levels:
             raise FeatureError(f"levels={levels} needs an integer image with values 0..{levels - 1} in the mask")
         values, n = values.astype(np.intp) + 1, int(levels)
-    padded = np.zeros(tuple(d + 2 * pad for d in mask.shape), dtype=bool)
-    padded[tuple(slice(pad, pad + d) for d in mask.shape)] = mask
-    voxels = np.flatnonzero(padded)  # C order, as image[mask]: voxels[i] holds values[i]
-    level_image = np.zeros(padded.shape, dtype=np.intp)
+    level_image = np.zeros(tuple(d + 2 * pad for d in mask.shape), dtype=np.intp)
     level_image.reshape(-1)[voxels] = values
     return level_image, voxels, values, n
 
@@ -370,21 +375,21 @@ def _stack_features(counted, symmetric, names) -> np.ndarray:
     (``_glcm_kernels.texture``), then, as pyradiomics by default, their mean over the offsets that
     have at least one pair."""
     n_off, n_max = counted[0][0].shape[0], max(n for _, n, _ in counted)
-    if len(counted) == 1:  # one image: no padded copy; symmetrise and convert in one pass
-        counts = counted[0][0]
-        stack = np.add(counts, counts.swapaxes(1, 2), dtype=np.float64) if symmetric else counts.astype(np.float64)
+    if len(counted) == 1:
+        stack = counted[0][0]
     else:
-        stack = np.zeros((len(counted), n_off, n_max, n_max))  # zero rows: absent levels, no effect
-        for row, (counts, n, _) in zip(stack, counted):
+        stack = np.zeros((len(counted), n_off, n_max, n_max), dtype=counted[0][0].dtype)  # zero rows: absent
+        for row, (counts, n, _) in zip(stack, counted):  # levels, no effect
             row[:, :n, :n] = counts
-        stack = stack + stack.swapaxes(2, 3) if symmetric else stack
-    stack = stack.reshape(-1, n_max, n_max)
-    n_levels = np.repeat([float(n) for _, n, _ in counted], n_off)
-    single = np.repeat([one for _, _, one in counted], n_off)
+        stack = stack.reshape(-1, n_max, n_max)
+    n_levels = np.repeat(np.array([n for _, n, _ in counted], dtype=np.float64), n_off)
+    single = np.repeat(np.array([one for _, _, one in counted]), n_off)
     values = np.empty((len(stack), len(GLCM_FEATURES)))
-    _glcm_kernels.texture(stack, n_levels, single, "MCC" in names, values)
-    values = values[:, [GLCM_FEATURES.index(name) for name in names]].reshape(len(counted), n_off, -1)
-    valid = stack.any(axis=(1, 2)).reshape(len(counted), n_off, 1)
+    _glcm_kernels.texture(stack, symmetric, n_levels, single, "MCC" in names, values)
+    valid = ~np.isnan(values[:, _glcm_kernels.JOINT_ENERGY]).reshape(len(counted), n_off, 1)  # has pairs
+    if names != GLCM_FEATURES:
+        values = values[:, [GLCM_FEATURES.index(name) for name in names]]
+    values = values.reshape(len(counted), n_off, -1)
     return np.where(valid, values, 0.0).sum(axis=1) / valid.sum(axis=1)
 
 
