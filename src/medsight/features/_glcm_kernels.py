@@ -1,13 +1,15 @@
-"""Numba kernels of the GLCM features' CPU path (:mod:`medsight.features.glcm`, ``device=None``).
+"""Numba kernels of the GLCM features (:mod:`medsight.features.glcm`).
 
 - ``gather_mask``: the values and padded flat indices of the mask's voxels, in one pass;
-- ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels;
+- ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels
+  (on the host; with a torch device, ``glcm._count`` counts there instead);
 - ``texture``: pyradiomics' 24 features of every matrix of a stack, a few passes over each;
 - ``mcc``: the maximal correlation coefficient of every matrix of a stack, by Householder
-  tridiagonalisation and Sturm bisection, the matrices bisected side by side.
+  tridiagonalisation and Sturm bisection, the matrices reduced side by side.
 
-At radiomics sizes (Ng ~ 40, 13 offsets) both replace many small numpy or LAPACK calls, whose
-per-call overhead was most of the time. No fastmath: the bisection relies on exact comparisons.
+At radiomics sizes (Ng ~ 40, 13 offsets) they replace many small numpy and LAPACK calls, whose
+per-call overhead was most of the time. Only ``texture`` reassociates sums (fastmath); the
+eigensolver keeps IEEE arithmetic, which the bisection's exact comparisons rely on.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
     Entropies take 0 log 0 = 0, and HXY1 = HXY2 = HX + HY without pyradiomics' eps.
     Sums may be reassociated (fastmath), so that the loops over a row vectorise."""
     m, n = counts.shape[0], counts.shape[1]
-    p = np.zeros((m, n, n))
+    p = np.empty((m, n, n))
     px = np.zeros((m, n))
     py = np.zeros((m, n))
     p_sum = np.empty(2 * n - 1)  # p_sum[s]: level sum s + 2
@@ -84,6 +86,7 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         total = counts[i].sum()
         if total == 0:
             out[i] = np.nan
+            p[i] = 0.0
             continue
         inverse = 1 / (2 * total if symmetric else total)
         p_sum[:] = 0.0
@@ -198,30 +201,31 @@ def mcc(p, px, py, out):
     size = np.empty(lanes, np.int64)
     squared = np.empty(lanes, np.bool_)  # the lane holds S - u u^T: MCC is the root of its radius
     for first in range(0, m, lanes):
-        w[:] = 0.0
-        size[:] = 0
-        for i in range(first, min(first + lanes, m)):
-            lane = i - first
-            rows = np.flatnonzero(px[i] > 0)
-            cols = np.flatnonzero(py[i] > 0)
-            r = len(rows)
+        for lane in range(lanes):  # only lower triangles are written: only they are read
+            i = first + lane
+            r = 0
+            if i < m:
+                rows = np.flatnonzero(px[i] > 0)
+                r = len(rows)
+                u = np.sqrt(px[i, rows])
+                squared[lane] = not _is_symmetric(p[i])
+                if squared[lane]:
+                    cols = np.flatnonzero(py[i] > 0)
+                    a = p[i][rows][:, cols] / u.reshape(-1, 1) / np.sqrt(py[i, cols])
+                    a = a @ a.T
+                    for s in range(r):
+                        for t in range(s + 1):
+                            w[s, t, lane] = a[s, t] - u[s] * u[t]
+                else:
+                    rx = 1 / u
+                    for s in range(r):
+                        for t in range(s + 1):
+                            w[s, t, lane] = p[i, rows[s], rows[t]] * rx[s] * rx[t] - u[s] * u[t]
             size[lane] = r
-            u = np.sqrt(px[i, rows])
-            rx = 1 / u
-            ry = 1 / np.sqrt(py[i, cols])
-            a = np.empty((r, len(cols)))
-            for s in range(r):
-                for t in range(len(cols)):
-                    a[s, t] = p[i, rows[s], cols[t]] * rx[s] * ry[t]
-            squared[lane] = not _is_symmetric(p[i])
-            if squared[lane]:
-                a = a @ a.T
-            for s in range(r):
-                for t in range(s + 1):
-                    w[s, t, lane] = a[s, t] - u[s] * u[t]
-        for lane in range(lanes):
-            for j in range(size[lane], n):
-                w[j, j, lane] = -2.0
+            for s in range(r, n):
+                for t in range(s):
+                    w[s, t, lane] = 0.0
+                w[s, s, lane] = -2.0
         d, e2 = _tridiagonalise(w)
         smallest, largest = _spectrum_ends(d, e2, n - size)
         for i in range(first, min(first + lanes, m)):
