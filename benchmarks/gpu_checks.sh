@@ -13,8 +13,8 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 #     typing_extensions==4.16.0 monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 PyWavelets==1.9.0
-# (numba, which only the Fisher-vector encoder imports, is left out: llvmlite's wheel alone is 57 MB
-# of the call's 64 MiB) and, for isic, .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
+# (not numba, which the GLCM features and the Fisher-vector encoder need: the machine's image has
+# numba and llvmlite, and llvmlite's wheel alone would be 57 MB of the call's 64 MiB) and, for isic, .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
 # Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}
