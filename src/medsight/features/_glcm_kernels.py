@@ -9,7 +9,8 @@
 
 At radiomics sizes (Ng ~ 40, 13 offsets) they replace many small numpy and LAPACK calls, whose
 per-call overhead was most of the time. Only ``texture`` reassociates sums (fastmath); the
-eigensolver keeps IEEE arithmetic, which the bisection's exact comparisons rely on.
+eigensolver keeps IEEE arithmetic, which the bisection's exact comparisons rely on. The first
+call compiles them (about 7 s); numba caches the machine code under ``__pycache__`` for the next.
 """
 
 from __future__ import annotations
@@ -211,11 +212,16 @@ def mcc(p, px, py, out):
                 squared[lane] = not _is_symmetric(p[i])
                 if squared[lane]:
                     cols = np.flatnonzero(py[i] > 0)
-                    a = p[i][rows][:, cols] / u.reshape(-1, 1) / np.sqrt(py[i, cols])
-                    a = a @ a.T
+                    a = np.empty((r, len(cols)))
+                    for s in range(r):
+                        for c in range(len(cols)):
+                            a[s, c] = p[i, rows[s], cols[c]] / (u[s] * math.sqrt(py[i, cols[c]]))
                     for s in range(r):
                         for t in range(s + 1):
-                            w[s, t, lane] = a[s, t] - u[s] * u[t]
+                            product = 0.0
+                            for c in range(len(cols)):
+                                product += a[s, c] * a[t, c]
+                            w[s, t, lane] = product - u[s] * u[t]
                 else:
                     rx = 1 / u
                     for s in range(r):
