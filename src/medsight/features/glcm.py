@@ -378,14 +378,15 @@ def _stack_features(counted, symmetric, names) -> np.ndarray:
     if len(counted) == 1:
         stack = counted[0][0]
     else:
-        stack = np.zeros((len(counted), n_off, n_max, n_max), dtype=counted[0][0].dtype)  # zero rows: absent
-        for row, (counts, n, _) in zip(stack, counted):  # levels, no effect
+        # padded to the largest Ng: the zero rows and columns are absent levels, which change no feature
+        stack = np.zeros((len(counted), n_off, n_max, n_max), dtype=counted[0][0].dtype)
+        for row, (counts, n, _) in zip(stack, counted):
             row[:, :n, :n] = counts
         stack = stack.reshape(-1, n_max, n_max)
     n_levels = np.repeat(np.array([n for _, n, _ in counted], dtype=np.float64), n_off)
     single = np.repeat(np.array([one for _, _, one in counted]), n_off)
     values = np.empty((len(stack), len(GLCM_FEATURES)))
-    _glcm_kernels.texture(stack, symmetric, n_levels, single, "MCC" in names, values)
+    _glcm_kernels.texture(stack, bool(symmetric), n_levels, single, "MCC" in names, values)
     valid = ~np.isnan(values[:, _glcm_kernels.JOINT_ENERGY]).reshape(len(counted), n_off, 1)  # has pairs
     if names != GLCM_FEATURES:
         values = values[:, [GLCM_FEATURES.index(name) for name in names]]
