@@ -194,14 +194,23 @@ def mcc(p, px, py, out):
 
     The matrices are reduced up to _GROUP at a time side by side, in the lanes of w[row, col, lane]:
     at Ng ~ 40 a loop over one matrix's row is too short to run fast, a loop over the lanes is not.
-    A matrix with fewer levels than n is padded with eigenvalues -2, below all of its own (which lie
-    in [-1, 1]); so are the spare lanes of the last group."""
-    m, n = p.shape[0], p.shape[1]
+    Only the levels that occur are kept (the cost grows as their number cubed; a small nodule's
+    matrices have a fraction of Ng), and a matrix with fewer of them than the largest of its group
+    is padded with eigenvalues -2, below all of its own (which lie in [-1, 1]); so are the spare
+    lanes of the last group."""
+    m = p.shape[0]
     lanes = min(_GROUP, (m + 7) // 8 * 8)
-    w = np.empty((n, n, lanes))
+    levels = np.zeros(m + lanes, np.int64)  # the levels that occur in each matrix (0 for the spare lanes)
+    for i in range(m):
+        levels[i] = np.count_nonzero(px[i] > 0)
+    buffer = np.empty(max(levels.max(), 1) ** 2 * lanes)
     size = np.empty(lanes, np.int64)
     squared = np.empty(lanes, np.bool_)  # the lane holds S - u u^T: MCC is the root of its radius
     for first in range(0, m, lanes):
+        # the group's matrices without the levels absent from all of them (at least one row: a group of
+        # empty matrices, whose values are not used, still makes a matrix)
+        n = max(levels[first:first + lanes].max(), 1)
+        w = buffer[: n * n * lanes].reshape(n, n, lanes)
         for lane in range(lanes):  # only lower triangles are written: only they are read
             i = first + lane
             r = 0
