@@ -220,7 +220,7 @@ def run(args):
             dev_batched = median_ms(lambda: glcm_features_batch(images, masks, bin_width=BIN_WIDTH,
                                                                 device=args.device), max(5, reps // 4))
             notes.append(f"{n}^3 on {args.device}: {on_device:.2f} ms per volume, {dev_batched / args.batch:.2f} ms "
-                         f"per volume batched (x{args.batch}); max rel. diff vs the numpy path {rel:.1e} ({worst})")
+                         f"per volume batched (x{args.batch}); max rel. diff vs the host path {rel:.1e} ({worst})")
         if pyrad is not None:
             reference = pyrad()
             rel, worst = max_rel_diff(values, reference)

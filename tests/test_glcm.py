@@ -388,7 +388,7 @@ def torch_devices():
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_torch_path_equals_numpy_path(device):
+def test_torch_path_equals_host_path(device):
     if device not in torch_devices():
         pytest.skip("no CUDA device")
     image, mask = volumes()["smooth"]

@@ -34,7 +34,7 @@ def textured_volume(seed: int, n: int = 24) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def test_glcm_features_on_cuda_equal_the_numpy_path():
+def test_glcm_features_on_cuda_equal_the_host_path():
     image, mask = textured_volume(0)
     want = glcm_features(image, mask, bin_width=25)
     got = glcm_features(image, mask, bin_width=25, device="cuda")
