@@ -216,6 +216,21 @@ def test_mcc_kernel_equals_the_eigenvalue_definition_matrix_by_matrix():
     assert got[7] == pytest.approx(0, abs=1e-12)
 
 
+def test_mcc_kernel_with_a_group_of_empty_matrices():
+    """Offsets without pairs give empty matrices (a one-slice image with 3D offsets); a whole group of
+    them has no level at all, and the kernel must still reduce it (to values nobody reads)."""
+    from medsight.features import _glcm_kernels
+
+    rng = np.random.default_rng(5)
+    counts = np.zeros((40, 6, 6))
+    counts[:32] = rng.integers(1, 5, (32, 6, 6))
+    counts[:32] += counts[:32].transpose(0, 2, 1)
+    p = counts / np.maximum(counts.sum(axis=(1, 2), keepdims=True), 1)
+    got = np.empty(40)
+    _glcm_kernels.mcc(p, p.sum(axis=2), p.sum(axis=1), got)  # matrices 32-39: the second group, all empty
+    np.testing.assert_allclose(got[:32], [mcc_reference(c[None]) for c in counts[:32]], rtol=1e-11)
+
+
 # ------------------------------------------------------------------ discretisation
 
 
