@@ -429,6 +429,7 @@ def test_torch_path_equals_host_path(device):
         (np.zeros(5), None, "2D or 3D"),
         (np.zeros((2, 2, 2, 2)), None, "2D or 3D"),
         (np.zeros((3, 3)), np.eye(3)[::-1] * np.eye(3), "no pair of mask voxels"),
+        (np.array([[0, 1], [2, 4_000_000_000]], np.uint32), None, "grey levels in the mask"),  # bin width 25
     ],
 )  # fmt: skip
 def test_bad_input_raises_feature_error(image, mask, message):
@@ -442,6 +443,11 @@ def test_nan_outside_the_mask_is_fine():
     mask = np.ones(image.shape, bool)
     mask[0] = False
     assert math.isfinite(glcm_features(image, mask)["Contrast"])
+
+
+def test_half_precision_image_equals_its_float32_copy():
+    image = np.random.default_rng(4).normal(0, 60, (10, 12, 12)).astype(np.float16)
+    assert glcm_features(image, bin_width=10) == glcm_features(image.astype(np.float32), bin_width=10)
 
 
 @pytest.mark.parametrize(

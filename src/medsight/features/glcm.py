@@ -56,6 +56,7 @@ GLCM_FEATURES = (
     "InverseVariance", "JointAverage", "JointEnergy", "JointEntropy", "MCC", "MaximumProbability",
     "SumAverage", "SumEntropy", "SumSquares",
 )  # fmt: skip
+_MAX_COUNT_BYTES = 2**31  # the counts of one image (int64) beyond which settings are refused as mistaken
 SKIMAGE_PROPS = ("contrast", "dissimilarity", "homogeneity", "ASM", "energy", "correlation",
                  "mean", "variance", "std", "entropy")  # fmt: skip
 
@@ -121,6 +122,8 @@ def _check_input(image, mask) -> tuple[np.ndarray, np.ndarray]:
         raise FeatureError(f"image must hold real numbers, got dtype {image.dtype}")
     if image.dtype.kind == "b":
         image = image.astype(np.uint8)
+    if image.dtype == np.float16:  # the kernels have no half precision; float32 holds its values exactly
+        image = image.astype(np.float32)
     if mask is None:
         mask = np.ones(image.shape, dtype=bool)
     else:
@@ -257,6 +260,10 @@ def _count(xp, to_xp, level_image, voxels, values, offs: np.ndarray, n: int):
     in one numba pass over the voxels on the CPU, as one gather and one bincount in torch. Column 0
     (a neighbour outside the mask) and row 0 (empty) are then dropped."""
     k = n + 1
+    if len(offs) * k * k * 8 > _MAX_COUNT_BYTES:
+        raise FeatureError(f"{n} grey levels in the mask: {len(offs)} co-occurrence matrices of {n} x {n} "
+                           f"would take {len(offs) * k * k * 8 / 2**30:.1f} GiB; use a larger bin_width or a "
+                           f"bin_count")
     strides = np.cumprod((1,) + level_image.shape[:0:-1])[::-1]  # flat index step of each axis
     shifts = offs @ strides  # all > 0: the offsets lie in one half-space, and so v + shift is in range
     flat = level_image.reshape(-1)
