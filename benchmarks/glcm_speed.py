@@ -161,10 +161,13 @@ def main() -> None:
     print_table(args, rows, notes, threads)
     if lidc:
         print_lidc(*lidc)
+    elif args.lidc:
+        print("\n- --lidc: pyradiomics is not installed, so there is nothing to compare with on the LIDC VOIs")
 
 
 def lidc_run(folder: Path):
-    """Per VOI of the shared LIDC set: (mask voxels, ms ours, ms pyradiomics, max rel. diff, its feature)."""
+    """(folder, per VOI of the shared LIDC set: (mask voxels, ms ours, ms pyradiomics, max rel. diff, its
+    feature)), or None without pyradiomics."""
     import nibabel as nib
 
     files = sorted((folder / "VOIs" / "image").glob("*.nii.gz"))
