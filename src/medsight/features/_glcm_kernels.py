@@ -194,10 +194,10 @@ def mcc(p, px, py, out):
 
     The matrices are reduced up to _GROUP at a time side by side, in the lanes of w[row, col, lane]:
     at Ng ~ 40 a loop over one matrix's row is too short to run fast, a loop over the lanes is not.
-    Only the levels that occur are kept (the cost grows as their number cubed; a small nodule's
-    matrices have a fraction of Ng), and a matrix with fewer of them than the largest of its group
-    is padded with eigenvalues -2, below all of its own (which lie in [-1, 1]); so are the spare
-    lanes of the last group."""
+    Only the levels that occur are kept (the cost grows as their number cubed, and a nodule's
+    matrices often miss some of its Ng levels: 51 of 60 in a large LIDC one), and a matrix with
+    fewer of them than the largest of its group is padded with eigenvalues -2, below all of its own
+    (which lie in [-1, 1]); so are the spare lanes of the last group."""
     m = p.shape[0]
     lanes = min(_GROUP, (m + 7) // 8 * 8)
     levels = np.zeros(m + lanes, np.int64)  # the levels that occur in each matrix (0 for the spare lanes)
