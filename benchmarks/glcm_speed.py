@@ -1,7 +1,7 @@
 """GLCM speed: medsight against pyradiomics and mahotas on the same volumes, in the same run.
 
     .venv/bin/python benchmarks/glcm_speed.py [--repeats 30] [--batch 16] [--threads 1] [--device cuda]
-                                              [--lidc ../shared/datasets/lidc_vois]
+                                              [--lidc ../shared/datasets/lidc_vois] [--hu-scale 3] [--full-mask]
 
 For 32^3 and 64^3 volumes of HU-like texture (smoothed noise, integer HU) under an irregular ball mask,
 bin width 25, distance 1, 13 directions, all 24 pyradiomics features, it times (median of repeats):
@@ -16,6 +16,8 @@ bin width 25, distance 1, 13 directions, all 24 pyradiomics features, it times (
 The per-volume calls of the three libraries are timed in turns (each round: a few calls of each, the first
 untimed to warm the caches), so that a change of machine load during the run weighs on all of them alike;
 the ratios are the ones to quote.
+``--hu-scale S`` multiplies the texture's contrast (S = 3: Ng about 110 instead of 35) and ``--full-mask``
+masks the whole cube: how the ratios move with the number of grey levels and of voxels.
 ``--lidc DIR`` adds a table on real data: every nodule VOI of the shared LIDC-IDRI set (int16 HU inside its
 nodule mask, same settings), medsight and pyradiomics timed in turns on each, summed over the set.
 ``--threads N`` limits the BLAS/OpenMP pools (threadpoolctl) of every library for the whole run; the
@@ -42,16 +44,17 @@ from medsight.features.glcm import GLCM_FEATURES, discretize, glcm_features, glc
 BIN_WIDTH = 25
 
 
-def volume(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 HU-like image, bool mask): soft tissue around 40 HU with a coarse and a fine texture."""
+def volume(n: int, seed: int, hu_scale: float = 1.0, full_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(int16 HU-like image, bool mask): soft tissue around 40 HU with a coarse and a fine texture, its
+    contrast times hu_scale (more grey levels), inside a lobulated ball or the whole cube."""
     rng = np.random.default_rng(seed)
     coarse = ndimage.gaussian_filter(rng.normal(size=(n, n, n)), 2.0)
     fine = ndimage.gaussian_filter(rng.normal(size=(n, n, n)), 0.7)
-    image = 40 + 120 * coarse / coarse.std() + 40 * fine / fine.std()
+    image = 40 + hu_scale * (120 * coarse / coarse.std() + 40 * fine / fine.std())
     z, y, x = (np.indices((n, n, n)) - (n - 1) / 2) / (n / 2)
     r = np.sqrt(z**2 + y**2 + x**2)
     mask = r < 0.85 + 0.1 * np.sin(4 * np.arctan2(y, x)) * np.cos(3 * z)  # a lobulated ball
-    return image.round().astype(np.int16), mask
+    return image.round().astype(np.int16), np.ones_like(mask) if full_mask else mask
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="limit every BLAS/OpenMP pool to N threads")
     parser.add_argument("--device", default=None, help="also time the torch path on this device (cpu, cuda)")
     parser.add_argument("--lidc", default=None, help="also time both libraries on the LIDC VOIs in this folder")
+    parser.add_argument("--hu-scale", type=float, default=1.0, help="texture contrast factor (more grey levels)")
+    parser.add_argument("--full-mask", action="store_true", help="mask the whole cube instead of a ball")
     args = parser.parse_args()
     with thread_limit(args.threads):
         rows, notes, threads = run(args)
@@ -201,7 +206,7 @@ def print_lidc(folder, per_voi) -> None:
 def run(args):
     rows, notes = [], []
     for n in (32, 64):
-        image, mask = volume(n, seed=n)
+        image, mask = volume(n, n, args.hu_scale, args.full_mask)
         n_levels = discretize(image, mask, bin_width=BIN_WIDTH)[1]
         reps = args.repeats if n == 32 else max(5, args.repeats // 3)
         fns = {"ours": lambda: glcm_features(image, mask, bin_width=BIN_WIDTH)}
@@ -212,7 +217,7 @@ def run(args):
             fns["mahotas"] = mah
         ms = interleaved_ms(fns, reps)
 
-        batch = [volume(n, seed=n + i) for i in range(args.batch)]
+        batch = [volume(n, n + i, args.hu_scale, args.full_mask) for i in range(args.batch)]
         images, masks = [b[0] for b in batch], [b[1] for b in batch]
         batched = median_ms(lambda: glcm_features_batch(images, masks, bin_width=BIN_WIDTH), max(5, reps // 4))
         on_device = None
@@ -242,6 +247,8 @@ def print_table(args, rows, notes, threads) -> None:
     rounds = f"{args.repeats} rounds at 32^3, {max(5, args.repeats // 3)} at 64^3"
     print(f"GLCM, {len(GLCM_FEATURES)} features, bin width {BIN_WIDTH}, distance 1, 13 directions; ms per volume "
           f"(median; per-volume calls timed in turns, {rounds}, 2 warm calls each)\n")  # fmt: skip
+    print(f"- volumes: texture contrast x{args.hu_scale:g}, {'whole cube' if args.full_mask else 'lobulated ball'} "
+          "masked")
     print(f"- pyradiomics: {pyrad_v or 'not installed (its columns say absent)'}; "
           f"mahotas: {mahotas_v or 'not installed (its columns say absent)'}; "
           f"numpy {np.__version__}, scipy {version('scipy')}, Python {platform.python_version()}")  # fmt: skip

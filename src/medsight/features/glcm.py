@@ -24,8 +24,10 @@ Choices, written down once:
   bin count numpy's histogram puts a constant in the middle bin (3 of 4), as in pyradiomics.
 - Entropies use 0 log 0 = 0 rather than pyradiomics' log2(p + eps); the values differ by about 1e-15.
   HXY1 = HXY2 = HX + HY without that eps. Imc2 is 0 where rounding would make it imaginary (pyradiomics
-  gives NaN in that rare case). MCC comes from a symmetric eigensolver (see ``_glcm_kernels.mcc``); it
-  differs from pyradiomics by up to ~1e-9 relative, the eps pyradiomics adds to px * py inside it.
+  gives NaN in that rare case). MCC comes from a symmetric eigensolver (see ``_glcm_kernels.mcc``) and
+  equals the eigenvalue definition to ~1e-15; it differs from pyradiomics by the eps pyradiomics adds to
+  px * py inside it: ~1e-9 relative at radiomics sizes, up to ~1e-5 where levels are rare (px py ~ 1e-10,
+  as in a 64^3 cube with 70-200 levels).
 - The work is done by numba kernels (``_glcm_kernels``): gathering the mask's voxels, counting the pairs,
   and the 24 features of all the matrices of a call at once. With ``device`` ("cuda", or "cpu" for tests)
   the counting, the one step that grows with the volume, runs in torch on that device; the matrices
