@@ -5,8 +5,9 @@
 #
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
 # ResNet-50, eager and with the fused Triton attention kernel; arl-compiled: the same, torch.compile-d;
-# glcm: the GLCM torch path; isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at 224 px, 5 seeds, 6 runs at
-# a time (the runs still going after ISIC_SECONDS are cut off, the finished ones are kept).
+# glcm: the GLCM device path (pairs counted on the GPU); isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at
+# 224 px, 5 seeds, 6 runs at a time (the runs still going after ISIC_SECONDS are cut off, the finished
+# ones are kept).
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -14,7 +15,8 @@
 #     pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
 #     typing_extensions==4.16.0 monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 PyWavelets==1.9.0
 # (not numba, which the GLCM features and the Fisher-vector encoder need: the machine's image has
-# numba and llvmlite, and llvmlite's wheel alone would be 57 MB of the call's 64 MiB) and, for isic, .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
+# numba and llvmlite, and llvmlite's wheel alone would be 57 MB of the call's 64 MiB) and, for isic,
+# .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
 # Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}

@@ -161,7 +161,8 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         for k in range(n):
             diff_variance += p_diff[k] * (k - diff_average) * (k - diff_average)
         f[CONTRAST], f[DIFFERENCE_AVERAGE], f[DIFFERENCE_VARIANCE] = contrast, diff_average, diff_variance
-        f[ID], f[IDM], f[INVERSE_VARIANCE], f[DIFFERENCE_ENTROPY] = inv_diff, inv_diff_moment, inv_variance, diff_entropy
+        f[ID], f[IDM], f[INVERSE_VARIANCE] = inv_diff, inv_diff_moment, inv_variance
+        f[DIFFERENCE_ENTROPY] = diff_entropy
         f[IDMN], f[IDN] = idmn, idn
         # the mutual information is HX + HY - HXY once the eps is gone
         div = max(hx, hy)
