@@ -111,8 +111,9 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
                 p_diff[b - a] += p[i, a, b]
             for b in range(a):
                 p_diff[a - b] += p[i, a, b]
-            for b in range(n):
-                entropy -= _plogp(p[i, a, b])
+            # the logarithms are most of the time here: a symmetric matrix needs half of them
+            for b in range(a + 1 if symmetric else n):
+                entropy -= (2.0 if symmetric and b < a else 1.0) * _plogp(p[i, a, b])
         ux = uy = 0.0
         for a in range(n):
             ux += px[i, a] * (a + 1)
