@@ -28,6 +28,7 @@ from medsight.features.glcm import (
     graycoprops,
     offsets,
 )
+from medsight.features.glcm import _row_length
 
 # ------------------------------------------------------------------ hand-computed matrices
 
@@ -368,6 +369,25 @@ def test_offsets_and_discretisation_equal_pyradiomics():
         want, _ = imageoperations.binImage(image, mask, **settings)
         got, _ = discretize(image, mask, bin_width=settings.get("binWidth"), bin_count=settings.get("binCount"))
         np.testing.assert_array_equal(got, want, err_msg=f"{image.dtype} {settings}")
+
+
+def test_count_rows_are_an_odd_number_of_cache_lines():
+    for cells in range(1, 5000):
+        length = _row_length(cells)
+        assert cells <= length < cells + 16 and length % 8 == 0 and (length // 8) % 2 == 1, cells
+
+
+def test_padded_count_rows_equal_a_direct_count():
+    """31 levels + the zero level make rows of 32 x 32 cells, the case the padding is for."""
+    image = np.random.default_rng(9).integers(0, 31, (6, 7, 8))
+    P, _ = glcm_matrices(image, levels=31, symmetric=False)
+    for got, (dz, dy, dx) in zip(P, offsets(3)):
+        z, y, x = image.shape
+        a = image[max(0, -dz):z - max(0, dz), max(0, -dy):y - max(0, dy), max(0, -dx):x - max(0, dx)]
+        b = image[max(0, dz):z + min(0, dz), max(0, dy):y + min(0, dy), max(0, dx):x + min(0, dx)]
+        want = np.zeros((31, 31))
+        np.add.at(want, (a.ravel(), b.ravel()), 1)
+        np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------------------ batches and the torch path

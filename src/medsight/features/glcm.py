@@ -35,8 +35,8 @@ Choices, written down once:
   microseconds, less than the kernel launches a device would need for them.
 - Speed (32^3 mask of ~10^4 voxels, Ng 35, 13 offsets, ~0.5 ms in all, one thread): MCC is about a third,
   a Householder tridiagonalisation and a bisection per matrix; counting (~0.7 ns per pair), gathering and
-  discretising the voxels, and the other 23 features about a sixth each. Ask for the other features only
-  (``features=``) when MCC is not needed.
+  discretising the voxels, the other 23 features, and the checks and calls about a sixth each. Ask for the
+  other features only (``features=``) when MCC is not needed.
 """
 
 from __future__ import annotations
