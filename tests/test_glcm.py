@@ -28,6 +28,7 @@ from medsight.features.glcm import (
     graycoprops,
     offsets,
 )
+from medsight.features import _glcm_kernels
 from medsight.features.glcm import _row_length
 
 # ------------------------------------------------------------------ hand-computed matrices
@@ -369,6 +370,18 @@ def test_offsets_and_discretisation_equal_pyradiomics():
         want, _ = imageoperations.binImage(image, mask, **settings)
         got, _ = discretize(image, mask, bin_width=settings.get("binWidth"), bin_count=settings.get("binCount"))
         np.testing.assert_array_equal(got, want, err_msg=f"{image.dtype} {settings}")
+
+
+def test_mask_box_equals_numpy():
+    rng = np.random.default_rng(4)
+    masks = [rng.random((5, 6, 7)) > 0.97, np.ones((3, 4, 5), bool), np.zeros((2, 3, 4), bool)]
+    masks[2][1, 2, 3] = True  # one voxel, in a corner
+    for mask in masks + [m.transpose(2, 0, 1) for m in masks]:  # C order and strided views
+        lo, hi = np.empty(3, np.int64), np.empty(3, np.int64)
+        assert _glcm_kernels.mask_box(mask, lo, hi) == mask.sum()
+        where = np.argwhere(mask)
+        np.testing.assert_array_equal(lo, where.min(axis=0))
+        np.testing.assert_array_equal(hi, where.max(axis=0) + 1)
 
 
 def test_count_rows_are_an_odd_number_of_cache_lines():

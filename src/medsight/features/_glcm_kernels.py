@@ -1,5 +1,6 @@
 """Numba kernels of the GLCM features (:mod:`medsight.features.glcm`).
 
+- ``mask_box``: the bounding box and size of the mask, in one pass;
 - ``gather_mask``: the values and padded flat indices of the mask's voxels, in one pass;
 - ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels
   (on the host; with a torch device, ``glcm._count`` counts there instead);
@@ -22,6 +23,32 @@ import numpy as np
 
 _GROUP = 32  # matrices reduced side by side at most; fewer are padded to a multiple of 8 lanes
 _BISECTIONS = 56  # halvings of an interval of width <= 4: below the spacing of doubles in [-1, 1]
+
+
+@numba.njit(cache=True)
+def mask_box(mask, lo, hi):
+    """The number of voxels of the mask (z, y, x) and its bounding box, lo[axis] <= index < hi[axis],
+    in one pass (instead of reductions along each axis and a count)."""
+    nz, ny, nx = mask.shape
+    lo[0], lo[1], lo[2] = nz, ny, nx
+    hi[0], hi[1], hi[2] = 0, 0, 0
+    count = 0
+    for z in range(nz):
+        for y in range(ny):
+            row = 0
+            for x in range(nx):
+                row += mask[z, y, x]
+            if row:
+                count += row
+                first, last = 0, nx
+                while not mask[z, y, first]:
+                    first += 1
+                while not mask[z, y, last - 1]:
+                    last -= 1
+                lo[0], hi[0] = min(lo[0], z), z + 1
+                lo[1], hi[1] = min(lo[1], y), max(hi[1], y + 1)
+                lo[2], hi[2] = min(lo[2], first), max(hi[2], last)
+    return count
 
 
 @numba.njit(cache=True)

@@ -208,9 +208,11 @@ def _level_image(image, mask, pad, binning=None, levels=None):
     The zero border lets every neighbour within `pad` be read without bounds checks: it counts as
     outside. Levels are pyradiomics' discretisation, or with `levels` the image's own values + 1
     (scikit-image's convention), in which case n is `levels`."""
-    box = _bounding_box(mask)
+    lo, hi = np.empty(3, dtype=np.int64), np.empty(3, dtype=np.int64)
+    count = _glcm_kernels.mask_box(mask.reshape((-1,) + mask.shape[-2:]), lo, hi)  # a 2D mask is one slice
+    box = tuple(slice(a, b) for a, b in zip(lo.tolist(), hi.tolist()))[-mask.ndim:]
     image, mask = image[box], mask[box]
-    values = np.empty(np.count_nonzero(mask), dtype=image.dtype)
+    values = np.empty(count, dtype=image.dtype)
     voxels = np.empty(len(values), dtype=np.int64)
     pads = np.array([0 if image.ndim == 2 else pad, pad, pad])  # a 2D image is one slice, unpadded in z
     _glcm_kernels.gather_mask(image.reshape((-1,) + image.shape[-2:]), mask.reshape((-1,) + mask.shape[-2:]),
@@ -228,14 +230,6 @@ def _level_image(image, mask, pad, binning=None, levels=None):
     level_image = np.zeros(tuple(d + 2 * pad for d in mask.shape), dtype=np.intp)
     level_image.reshape(-1)[voxels] = values
     return level_image, voxels, values, n
-
-
-def _bounding_box(mask) -> tuple[slice, ...]:
-    """Slices of the smallest box holding the mask (reducing the leading axis first is the fast order)."""
-    if mask.ndim == 1:
-        idx = np.flatnonzero(mask)
-        return (slice(idx[0], idx[-1] + 1),)
-    return _bounding_box(mask.any(axis=tuple(range(1, mask.ndim)))) + _bounding_box(mask.any(axis=0))
 
 
 # ---------------------------------------------------------------- counting
@@ -266,7 +260,7 @@ def _count(xp, to_xp, level_image, voxels, values, offs: np.ndarray, n: int):
         raise FeatureError(f"{n} grey levels in the mask: {len(offs)} co-occurrence matrices of {n} x {n} "
                            f"would take {len(offs) * k * k * 8 / 2**30:.1f} GiB; use a larger bin_width or a "
                            f"bin_count")
-    strides = np.cumprod((1,) + level_image.shape[:0:-1])[::-1]  # flat index step of each axis
+    strides = np.array(level_image.strides) // level_image.itemsize  # flat index step of each axis
     shifts = offs @ strides  # all > 0: the offsets lie in one half-space, and so v + shift is in range
     flat = level_image.reshape(-1)
     if xp is np:
