@@ -119,19 +119,23 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         inverse = 1 / (2 * total if symmetric else total)
         p_sum[:] = 0.0
         p_diff[:] = 0.0
-        energy = entropy = peak = auto = 0.0
+        energy = entropy = auto = 0.0
+        peak = 0  # the largest count: an integer maximum vectorises, a float one (NaN rules) does not
         for a in range(n):
             row = weighted = 0.0
             for b in range(n):
-                v = (counts[i, a, b] + counts[i, b, a] if symmetric else counts[i, a, b]) * inverse
+                c = counts[i, a, b] + counts[i, b, a] if symmetric else counts[i, a, b]
+                peak = max(peak, c)
+                v = c * inverse
                 p[i, a, b] = v
                 row += v
                 weighted += v * (b + 1)
                 py[i, b] += v
                 energy += v * v
-                peak = max(peak, v)
             px[i, a] = row
             auto += weighted * (a + 1)
+            if row == 0.0:  # an absent level (a nodule's HU range often has many): nothing below to add
+                continue
             for b in range(n):  # the sums a + b of row a are consecutive, and so are its b - a >= 0
                 p_sum[a + b] += p[i, a, b]
             for b in range(a, n):
@@ -152,13 +156,14 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
             var_y += py[i, a] * dy * dy
             hx -= _plogp(px[i, a])
             hy -= _plogp(py[i, a])
-            row = 0.0
-            for b in range(n):
-                row += p[i, a, b] * (b + 1 - uy)
-            cov += row * dx
+            if px[i, a] > 0.0:
+                row = 0.0
+                for b in range(n):
+                    row += p[i, a, b] * (b + 1 - uy)
+                cov += row * dx
         f = out[i]
         f[AUTOCORRELATION], f[JOINT_AVERAGE], f[SUM_SQUARES] = auto, ux, var_x
-        f[JOINT_ENERGY], f[JOINT_ENTROPY], f[MAXIMUM_PROBABILITY] = energy, entropy, peak
+        f[JOINT_ENERGY], f[JOINT_ENTROPY], f[MAXIMUM_PROBABILITY] = energy, entropy, peak * inverse
         sxy = math.sqrt(var_x) * math.sqrt(var_y)
         f[CORRELATION] = 1.0 if sxy == 0 else cov / (sxy + _EPS)
         tendency = shade = prominence = average = sum_entropy = 0.0
