@@ -1,7 +1,8 @@
 """Numba kernels of the GLCM features (:mod:`medsight.features.glcm`).
 
 - ``mask_box``: the bounding box and size of the mask, in one pass;
-- ``gather_mask``: the values and padded flat indices of the mask's voxels, in one pass;
+- ``gather_mask``, ``scatter``: the values and padded flat indices of the mask's voxels, in one pass, and
+  their levels written back into the padded level image;
 - ``count_pairs``: the co-occurrence counts of every offset, in one pass over the mask's voxels
   (on the host; with a torch device, ``glcm._count`` counts there instead);
 - ``texture``: pyradiomics' 24 features of every matrix of a stack, a few passes over each;
@@ -85,6 +86,13 @@ def count_pairs(flat, voxels, shifts, k, counts):
             counts[o, a + flat[v + shifts[o]]] += 1
 
 
+@numba.njit(cache=True)
+def scatter(flat, voxels, values):
+    """flat[voxels[j]] = values[j]: numpy's fancy assignment takes twice as long."""
+    for j in range(len(voxels)):
+        flat[voxels[j]] = values[j]
+
+
 # columns of `texture`'s output: glcm.GLCM_FEATURES, pyradiomics' names in alphabetical order
 (AUTOCORRELATION, CLUSTER_PROMINENCE, CLUSTER_SHADE, CLUSTER_TENDENCY, CONTRAST, CORRELATION,
  DIFFERENCE_AVERAGE, DIFFERENCE_ENTROPY, DIFFERENCE_VARIANCE, ID, IDM, IDMN, IDN, IMC1, IMC2,
@@ -98,7 +106,8 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
     """out[i] = pyradiomics' 24 GLCM features of the counts counts[i] (columns as the constants above),
     or of counts[i] + counts[i].T when `symmetric`.
 
-    Row/column j holds grey level j + 1 (absent levels are zero rows; they change no feature).
+    Row/column j holds grey level j + 1 (absent levels are zero rows; they change no feature, and
+    after the first pass over a matrix its zero rows are skipped).
     n_levels[i] is pyradiomics' Ng (the highest level, for Idmn and Idn); single[i] marks a mask with
     one grey level, whose MCC pyradiomics defines as 1. MCC is computed only `with_mcc` (it costs as
     much as the others together). An empty matrix gives NaN.

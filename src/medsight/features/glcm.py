@@ -228,7 +228,7 @@ def _level_image(image, mask, pad, binning=None, levels=None):
             raise FeatureError(f"levels={levels} needs an integer image with values 0..{levels - 1} in the mask")
         values, n = values.astype(np.intp) + 1, int(levels)
     level_image = np.zeros(tuple(d + 2 * pad for d in mask.shape), dtype=np.intp)
-    level_image.reshape(-1)[voxels] = values
+    _glcm_kernels.scatter(level_image.reshape(-1), voxels, values)
     return level_image, voxels, values, n
 
 
