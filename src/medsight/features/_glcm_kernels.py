@@ -115,47 +115,56 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
     Sums may be reassociated (fastmath), so that the loops over a row vectorise."""
     m, n = counts.shape[0], counts.shape[1]
     p = np.empty((m, n, n))
-    px = np.zeros((m, n))
-    py = np.zeros((m, n))
-    p_sum = np.empty(2 * n - 1)  # p_sum[s]: level sum s + 2
-    p_diff = np.empty(n)  # p_diff[k]: level difference k
+    px = np.empty((m, n))
+    py = np.empty((m, n))
+    # integer counts of a row (symmetrised), the rows, the columns, each level sum a + b and
+    # difference |a - b|: their entropies come from _information, which needs counts, not probabilities
+    row_counts = np.empty(n, counts.dtype)
+    x_counts = np.empty(n, counts.dtype)
+    y_counts = np.empty(n, counts.dtype)
+    sum_counts = np.empty(2 * n - 1, counts.dtype)  # [s]: level sum s + 2
+    diff_counts = np.empty(n, counts.dtype)  # [k]: level difference k
     for i in range(m):
         total = counts[i].sum()
         if total == 0:
             out[i] = np.nan
             p[i] = 0.0
             continue
-        inverse = 1 / (2 * total if symmetric else total)
-        p_sum[:] = 0.0
-        p_diff[:] = 0.0
+        pairs = 2 * total if symmetric else total
+        inverse, log_pairs = 1 / pairs, math.log2(pairs)
+        y_counts[:] = 0
+        sum_counts[:] = 0
+        diff_counts[:] = 0
         energy = entropy = auto = 0.0
         peak = 0  # the largest count: an integer maximum vectorises, a float one (NaN rules) does not
         for a in range(n):
-            row = weighted = 0.0
+            x = 0
+            weighted = 0.0
             for b in range(n):
                 c = counts[i, a, b] + counts[i, b, a] if symmetric else counts[i, a, b]
+                row_counts[b] = c
                 peak = max(peak, c)
+                x += c
+                y_counts[b] += c
                 v = c * inverse
                 p[i, a, b] = v
-                row += v
                 weighted += v * (b + 1)
-                py[i, b] += v
                 energy += v * v
-            px[i, a] = row
+            x_counts[a] = x
             auto += weighted * (a + 1)
-            if row == 0.0:  # an absent level (a nodule's HU range often has many): nothing below to add
+            if x == 0:  # an absent level (a nodule's HU range often has many): nothing below to add
                 continue
             for b in range(n):  # the sums a + b of row a are consecutive, and so are its b - a >= 0
-                p_sum[a + b] += p[i, a, b]
+                sum_counts[a + b] += row_counts[b]
             for b in range(a, n):
-                p_diff[b - a] += p[i, a, b]
+                diff_counts[b - a] += row_counts[b]
             for b in range(a):
-                p_diff[a - b] += p[i, a, b]
-            # the logarithms are most of the time here: a symmetric matrix needs half of them
-            for b in range(a + 1 if symmetric else n):
-                entropy -= (2.0 if symmetric and b < a else 1.0) * _plogp(p[i, a, b])
+                diff_counts[a - b] += row_counts[b]
+            for b in range(a + 1 if symmetric else n):  # a symmetric matrix: one triangle, twice
+                entropy += (2.0 if symmetric and b < a else 1.0) * _information(row_counts[b], inverse, log_pairs)
         ux = uy = 0.0
         for a in range(n):
+            px[i, a], py[i, a] = x_counts[a] * inverse, y_counts[a] * inverse
             ux += px[i, a] * (a + 1)
             uy += py[i, a] * (a + 1)
         var_x = var_y = cov = hx = hy = 0.0
@@ -163,9 +172,9 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
             dx, dy = a + 1 - ux, a + 1 - uy
             var_x += px[i, a] * dx * dx
             var_y += py[i, a] * dy * dy
-            hx -= _plogp(px[i, a])
-            hy -= _plogp(py[i, a])
-            if px[i, a] > 0.0:
+            hx += _information(x_counts[a], inverse, log_pairs)
+            hy += _information(y_counts[a], inverse, log_pairs)
+            if x_counts[a] > 0:
                 row = 0.0
                 for b in range(n):
                     row += p[i, a, b] * (b + 1 - uy)
@@ -178,30 +187,32 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         tendency = shade = prominence = average = sum_entropy = 0.0
         for s in range(2 * n - 1):
             t = s + 2 - ux - uy
-            t2 = p_sum[s] * t * t
+            p_sum = sum_counts[s] * inverse
+            t2 = p_sum * t * t
             tendency += t2
             shade += t2 * t
             prominence += t2 * t * t
-            average += p_sum[s] * (s + 2)
-            sum_entropy -= _plogp(p_sum[s])
+            average += p_sum * (s + 2)
+            sum_entropy += _information(sum_counts[s], inverse, log_pairs)
         f[CLUSTER_TENDENCY], f[CLUSTER_SHADE], f[CLUSTER_PROMINENCE] = tendency, shade, prominence
         f[SUM_AVERAGE], f[SUM_ENTROPY] = average, sum_entropy
         contrast = diff_average = inv_diff = inv_diff_moment = inv_variance = diff_entropy = 0.0
         idmn = idn = 0.0
         for k in range(n):
-            contrast += p_diff[k] * k * k
-            diff_average += p_diff[k] * k
-            inv_diff += p_diff[k] / (1 + k)
-            inv_diff_moment += p_diff[k] / (1 + k * k)
+            p_diff = diff_counts[k] * inverse
+            contrast += p_diff * k * k
+            diff_average += p_diff * k
+            inv_diff += p_diff / (1 + k)
+            inv_diff_moment += p_diff / (1 + k * k)
             if k > 0:
-                inv_variance += p_diff[k] / (k * k)
-            diff_entropy -= _plogp(p_diff[k])
+                inv_variance += p_diff / (k * k)
+            diff_entropy += _information(diff_counts[k], inverse, log_pairs)
             ratio = k / n_levels[i]
-            idmn += p_diff[k] / (1 + ratio * ratio)
-            idn += p_diff[k] / (1 + ratio)
+            idmn += p_diff / (1 + ratio * ratio)
+            idn += p_diff / (1 + ratio)
         diff_variance = 0.0
         for k in range(n):
-            diff_variance += p_diff[k] * (k - diff_average) * (k - diff_average)
+            diff_variance += diff_counts[k] * inverse * (k - diff_average) * (k - diff_average)
         f[CONTRAST], f[DIFFERENCE_AVERAGE], f[DIFFERENCE_VARIANCE] = contrast, diff_average, diff_variance
         f[ID], f[IDM], f[INVERSE_VARIANCE] = inv_diff, inv_diff_moment, inv_variance
         f[DIFFERENCE_ENTROPY] = diff_entropy
@@ -219,10 +230,19 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
                 out[i, MCC] = values[i]
 
 
+_LOG2 = np.log2(np.maximum(np.arange(4096), 1))  # log2 of the counts a matrix mostly holds, looked up
+
+
 @numba.njit(cache=True)
-def _plogp(v):
-    """p log2 p, 0 at p = 0."""
-    return v * math.log2(v) if v > 0 else 0.0
+def _information(count, inverse, log_pairs):
+    """-p log2 p of a cell (or marginal) holding `count` of the pairs, p = count * inverse; 0 at p = 0.
+
+    As p (log2 pairs - log2 count): the logarithm of an integer below 4096 is a table look-up, where
+    log2 p of each cell was most of the features' time."""
+    if count <= 0:
+        return 0.0
+    log_count = _LOG2[count] if count < len(_LOG2) else math.log2(count)
+    return count * inverse * (log_pairs - log_count)
 
 
 @numba.njit(cache=True)
