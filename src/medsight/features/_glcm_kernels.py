@@ -103,8 +103,8 @@ _EPS = np.spacing(1.0)  # pyradiomics' epsilon, kept where it changes a value (C
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
 def texture(counts, symmetric, n_levels, single, with_mcc, out):
-    """out[i] = pyradiomics' 24 GLCM features of the counts counts[i] (columns as the constants above),
-    or of counts[i] + counts[i].T when `symmetric`.
+    """out[i] = pyradiomics' 24 GLCM features of the integer counts counts[i] (columns as the constants
+    above), or of counts[i] + counts[i].T when `symmetric`.
 
     Row/column j holds grey level j + 1 (absent levels are zero rows; they change no feature, and
     after the first pass over a matrix its zero rows are skipped).
@@ -128,7 +128,7 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         total = counts[i].sum()
         if total == 0:
             out[i] = np.nan
-            p[i] = 0.0
+            p[i], px[i], py[i] = 0.0, 0.0, 0.0
             continue
         pairs = 2 * total if symmetric else total
         inverse, log_pairs = 1 / pairs, math.log2(pairs)
@@ -138,21 +138,21 @@ def texture(counts, symmetric, n_levels, single, with_mcc, out):
         energy = entropy = auto = 0.0
         peak = 0  # the largest count: an integer maximum vectorises, a float one (NaN rules) does not
         for a in range(n):
-            x = 0
+            x_count = 0
             weighted = 0.0
             for b in range(n):
                 c = counts[i, a, b] + counts[i, b, a] if symmetric else counts[i, a, b]
                 row_counts[b] = c
                 peak = max(peak, c)
-                x += c
+                x_count += c
                 y_counts[b] += c
                 v = c * inverse
                 p[i, a, b] = v
                 weighted += v * (b + 1)
                 energy += v * v
-            x_counts[a] = x
+            x_counts[a] = x_count
             auto += weighted * (a + 1)
-            if x == 0:  # an absent level (a nodule's HU range often has many): nothing below to add
+            if x_count == 0:  # an absent level (a nodule's HU range often has many): nothing below to add
                 continue
             for b in range(n):  # the sums a + b of row a are consecutive, and so are its b - a >= 0
                 sum_counts[a + b] += row_counts[b]
