@@ -1,5 +1,6 @@
 """Fisher-vector encoding speed: medsight against skimage.feature.fisher_vector (and VLFeat
-through cyvlfeat when it is importable), in one run on the same GMM and descriptors.
+through cyvlfeat when it is importable: it needs Debian's libvlfeat-dev, see RESULTS.md), in one run
+on the same GMM and descriptors.
 
     .venv/bin/python benchmarks/fisher_speed.py                 # BLAS threads: the environment's
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fisher_speed.py --repeats 9
@@ -119,13 +120,12 @@ def main() -> None:
         try:
             from cyvlfeat.fisher import fisher as vl_fisher
 
-            # cyvlfeat wants float32 with one column per descriptor / component
-            means32, vars32 = (np.ascontiguousarray(a.T, np.float32)
-                               for a in (fv.means_, fv.variances_))
+            # cyvlfeat (0.7) wants float32 rows: (T, D) descriptors, (K, D) means and variances
+            means32, vars32 = (np.ascontiguousarray(a, np.float32) for a in (fv.means_, fv.variances_))
             w32 = fv.weights_.astype(np.float32)
             runs[VLFEAT] = lambda xs: np.stack(
-                [np.ravel(vl_fisher(np.ascontiguousarray(x.T, np.float32), means32, vars32, w32,
-                                    improved=True)) for x in xs])
+                [vl_fisher(np.ascontiguousarray(x, np.float32), means32, vars32, w32, improved=True)
+                 for x in xs])
             vlfeat = "VLFeat through cyvlfeat: measured (float32, posteriors below 1e-6 skipped)"
         except ImportError:
             vlfeat = "VLFeat: not measured (cyvlfeat is not installed here)"
@@ -159,6 +159,11 @@ def main() -> None:
         }
         if VLFEAT in codes:
             checks["VLFeat vs skimage"] = max_rel_diff(codes[VLFEAT], ref)
+            # the same definition: VLFeat in float64 skips posteriors below 1e-6, as min_posterior=1e-6
+            vl64 = np.stack([vl_fisher(x, *(np.asarray(a, np.float64) for a in gmm[1:]), gmm[0], improved=True)
+                             for x in images[:n_check]])
+            checks[f"VLFeat in float64 vs medsight at min_posterior=1e-6 ({n_check} images)"] = max_rel_diff(
+                vl64, fisher_vectors(images[:n_check], *gmm, min_posterior=1e-6))
 
         # single steps, per image
         x = images[0]

@@ -101,6 +101,18 @@ def test_agrees_with_skimage(fitted, improved):
         assert_rel(ours, ref, 1e-6)
 
 
+@pytest.mark.parametrize("improved", [False, True])
+def test_agrees_with_vlfeat(fitted, improved):
+    """VLFeat's vl_fisher (through cyvlfeat, in float64) skips posteriors below 1e-6: min_posterior=1e-6.
+    Its layout is ours. cyvlfeat needs Debian's libvlfeat-dev to build, so it is rarely installed."""
+    vl_fisher = pytest.importorskip("cyvlfeat.fisher", reason="cyvlfeat (VLFeat) is not installed").fisher
+    fv, sets = fitted
+    for x in sets[:4]:
+        ours = fisher_vector(x, fv.weights_, fv.means_, fv.variances_, improved, min_posterior=1e-6)
+        ref = vl_fisher(x, fv.means_, fv.variances_, fv.weights_, improved=improved)
+        assert_rel(ours, ref, 1e-12)  # (without the threshold, min_posterior=0, IFV differs by up to 5e-10)
+
+
 @pytest.mark.parametrize("min_posterior", [0.0, 1e-4, 0.05, 0.45, 1 - 1e-7])
 def test_fast_path_equals_dense(min_posterior):
     """Hard and soft posteriors mixed; batched, per set and float32 input give the dense values
