@@ -160,7 +160,7 @@ def main() -> None:
         if VLFEAT in codes:
             checks["VLFeat vs skimage"] = max_rel_diff(codes[VLFEAT], ref)
             # the same definition: VLFeat in float64 skips posteriors below 1e-6, as min_posterior=1e-6
-            vl64 = np.stack([vl_fisher(x, *(np.asarray(a, np.float64) for a in gmm[1:]), gmm[0], improved=True)
+            vl64 = np.stack([vl_fisher(x, fv.means_, fv.variances_, fv.weights_, improved=True)
                              for x in images[:n_check]])
             checks[f"VLFeat in float64 vs medsight at min_posterior=1e-6 ({n_check} images)"] = max_rel_diff(
                 vl64, fisher_vectors(images[:n_check], *gmm, min_posterior=1e-6))

@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import estimator_checks
 
 from medsight.errors import FeatureError
+from medsight.features import _glcm_kernels
 from medsight.features.glcm import (
     GLCM_FEATURES,
     SKIMAGE_PROPS,
@@ -28,7 +29,6 @@ from medsight.features.glcm import (
     graycoprops,
     offsets,
 )
-from medsight.features import _glcm_kernels
 from medsight.features.glcm import _row_length
 
 # ------------------------------------------------------------------ hand-computed matrices
@@ -188,8 +188,6 @@ def test_mcc_kernel_equals_the_eigenvalue_definition_matrix_by_matrix():
     """The kernel reduces up to 32 matrices side by side: 70 of them (three groups, spare lanes in the
     last) of different sizes, symmetric or not, with absent levels (zero rows, zero columns, both, all
     but one), a block-diagonal one (second eigenvalue 1) and a two-coloured one (eigenvalue -1)."""
-    from medsight.features import _glcm_kernels
-
     rng = np.random.default_rng(2)
     n = 12
     counts = np.zeros((70, n, n))
@@ -221,8 +219,6 @@ def test_mcc_kernel_equals_the_eigenvalue_definition_matrix_by_matrix():
 def test_mcc_kernel_with_a_group_of_empty_matrices():
     """Offsets without pairs give empty matrices (a one-slice image with 3D offsets); a whole group of
     them has no level at all, and the kernel must still reduce it (to values nobody reads)."""
-    from medsight.features import _glcm_kernels
-
     rng = np.random.default_rng(5)
     counts = np.zeros((40, 6, 6))
     counts[:32] = rng.integers(1, 5, (32, 6, 6))
