@@ -22,6 +22,7 @@ from medsight.features.glcm import (
     GLCM_FEATURES,
     SKIMAGE_PROPS,
     GLCMTexture,
+    _row_length,
     discretize,
     glcm_features,
     glcm_features_batch,
@@ -29,7 +30,6 @@ from medsight.features.glcm import (
     graycoprops,
     offsets,
 )
-from medsight.features.glcm import _row_length
 
 # ------------------------------------------------------------------ hand-computed matrices
 
