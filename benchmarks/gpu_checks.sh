@@ -6,8 +6,9 @@
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
 # ResNet-50, eager and with the fused Triton attention kernel; arl-compiled: the same, torch.compile-d;
 # glcm: the GLCM device path (pairs counted on the GPU); isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at
-# 224 px, 5 seeds, 6 runs at a time (the runs still going after ISIC_SECONDS are cut off, the finished
-# ones are kept).
+# 224 px, seeds ISIC_SEEDS (default 0-4), ISIC_JOBS runs at a time (default 6; the runs still going after
+# ISIC_SECONDS are cut off, the finished ones are kept). Each check has a time limit of its own, so
+# that one that hangs leaves time for the rest.
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -28,21 +29,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
 
 if [[ $checks == *" tests "* ]]; then
-    python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_arl_fused.py 2>&1 | tee "$OUT/test_gpu.log"
+    timeout "${TESTS_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_arl_fused.py 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [[ $checks == *" arl "* ]]; then
-    python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"
+    timeout "${ARL_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"
 fi
 if [[ $checks == *" arl-compiled "* ]]; then
     timeout "${COMPILE_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 \
         --steps 20 --rounds 2 --compile 2>&1 | tee "$OUT/arl_throughput_compiled.log"
 fi
 if [[ $checks == *" glcm "* ]]; then
-    python3 benchmarks/glcm_speed.py --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
+    timeout "${GLCM_SECONDS:-150}" python3 benchmarks/glcm_speed.py --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
 fi
 if [[ $checks == *" isic "* ]]; then
     OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 benchmarks/isic_arl.py --data .gpu_data/isic2017 \
-        --device cuda --size 224 --jobs 6 --seeds 0 1 2 3 4 --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
+        --device cuda --size 224 --jobs "${ISIC_JOBS:-6}" --seeds ${ISIC_SEEDS:-0 1 2 3 4} --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
     echo "isic_arl.py exit code $?"
     tail -n 40 "$OUT/isic_arl.log"
     # weights and the resume checkpoints of cut-off runs stay behind: they are too large to come back
