@@ -79,7 +79,7 @@ def test_supports_only_channels_last_pairs():
 
 def test_a_fused_model_computes_the_eager_model():
     torch.manual_seed(0)
-    eager = create_model("arlcnn14", width=8, num_classes=3, alpha_init=0.5)
+    eager = create_model("arlcnn14", width=8, num_classes=3, alpha_init=0.5, fused=False)
     fused = create_model("arlcnn14", width=8, num_classes=3, alpha_init=0.5, fused=True)
     fused.load_state_dict(eager.state_dict())
     x = torch.randn(2, 3, 32, 32, device=DEVICE).contiguous(memory_format=torch.channels_last)

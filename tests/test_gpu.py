@@ -79,16 +79,22 @@ def read_probabilities(path: Path) -> np.ndarray:
     return np.array([[float(r[c]) for c in columns] for r in rows])
 
 
-def test_a_recipe_trains_on_cuda_and_predicts_alike_on_both_devices(tmp_path):
+@pytest.mark.parametrize("model", [[], ["--set", "model.name=arlcnn14", "--set", "model.options.alpha_init=0.5"]],
+                         ids=["resnet18", "arlcnn14"])
+def test_a_recipe_trains_on_cuda_and_predicts_alike_on_both_devices(tmp_path, model):
+    """ARL-CNN trains through the fused attention kernel on CUDA (its default there) and predicts
+    through the eager sum on the CPU: the two must agree."""
     run = tmp_path / "run"
     args = ["--epochs", "2", "--set", "data.options.n=40", "--set", "data.options.size=48",
-            "--set", "data.image_size=[32,32]", "--set", "model.options.width=8"]
+            "--set", "data.image_size=[32,32]", "--set", "model.options.width=8", *model]
     assert main(["train", str(RESNET_CONFIG), "--out", str(run), "--device", "cuda", *args]) == 0
     assert json.loads((run / "run.json").read_text())["device"].startswith("cuda")
     data = tmp_path / "synth"
     assert main(["data", "synth", str(data), "--n", "12", "--size", "48", "--seed", "3"]) == 0
     for device in ("cuda", "cpu"):
-        assert main(["predict", str(run), str(data), "--out", str(tmp_path / device), "--device", device]) == 0
+        assert main(["predict", str(run), str(data), "--out", str(tmp_path / device), "--device", device,
+                     "--maps"]) == 0
     on_gpu, on_cpu = (read_probabilities(tmp_path / d / "predictions.csv") for d in ("cuda", "cpu"))
     assert on_gpu.shape == on_cpu.shape == (12, on_cpu.shape[1])
     np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-2)  # cuDNN may use TF32 for float32 convolutions
+    assert len(list((tmp_path / "cuda" / "maps").glob("*.png"))) == 12
