@@ -45,7 +45,8 @@ def step_time(model, x, y, device, steps: int) -> float:
 
 def device_time(model, x, y, device, top: int = 0) -> float:
     """Milliseconds of kernel time on the GPU per training step, summed over the kernels of five
-    steps (torch.profiler) after two warm-up steps; with ``top``, print the costliest kernels too.
+    steps (torch.profiler) after two warm-up steps; with ``top``, print the costliest kernels too,
+    with the host time of each op.
 
     At batch 64 a ResNet-50 step keeps an H100 busy for only about 60 % of its wall time (the rest
     is the host launching kernels), so images/s alone mixes the GPU's cost of the ARL term with
@@ -54,7 +55,8 @@ def device_time(model, x, y, device, top: int = 0) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     step_time(model, x, y, device, 2)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if top else [])  # the table shows host time too
+    with profile(activities=activities) as prof:
         step_time(model, x, y, device, 4)  # 5 steps: step_time runs one more than it is asked for
     events = prof.key_averages()
     if top:
