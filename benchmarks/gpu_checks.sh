@@ -4,11 +4,13 @@
 #   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic]    (no argument: all of them)
 #
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
-# ResNet-50, eager and with the fused Triton attention kernel; arl-compiled: the same, torch.compile-d;
+# ResNet-50 (images/s and GPU kernel time, batch 64 and 256), eager and with the fused Triton
+# attention kernel; arl-compiled: the same, torch.compile-d;
 # glcm: the GLCM device path (pairs counted on the GPU); isic: ResNet14 vs ARL-CNN14 on ISIC-2017 at
 # 224 px, seeds ISIC_SEEDS (default 0-4), ISIC_JOBS runs at a time (default 6; the runs still going after
-# ISIC_SECONDS are cut off, the finished ones are kept). Each check has a time limit of its own, so
-# that one that hangs leaves time for the rest.
+# ISIC_SECONDS are cut off, the finished ones are kept); ISIC_ARGS adds isic_arl.py options, e.g.
+#   ISIC_ARGS="--models arlcnn14 --set model.options.attention_softmax=spatial --tag spatial"
+# Each check has a time limit of its own, so that one that hangs leaves time for the rest.
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -32,7 +34,10 @@ if [[ $checks == *" tests "* ]]; then
     timeout "${TESTS_SECONDS:-240}" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_arl_fused.py 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [[ $checks == *" arl "* ]]; then
-    timeout "${ARL_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20 2>&1 | tee "$OUT/arl_throughput.log"
+    for batch in 64 256; do  # batch 64 is bound by the host's kernel launches, 256 by the GPU
+        timeout "${ARL_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch $batch --size 224 \
+            --steps 20 2>&1 | tee -a "$OUT/arl_throughput.log"
+    done
 fi
 if [[ $checks == *" arl-compiled "* ]]; then
     timeout "${COMPILE_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 \
@@ -43,7 +48,7 @@ if [[ $checks == *" glcm "* ]]; then
 fi
 if [[ $checks == *" isic "* ]]; then
     OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 benchmarks/isic_arl.py --data .gpu_data/isic2017 \
-        --device cuda --size 224 --jobs "${ISIC_JOBS:-6}" --seeds ${ISIC_SEEDS:-0 1 2 3 4} --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
+        --device cuda --size 224 --jobs "${ISIC_JOBS:-6}" --seeds ${ISIC_SEEDS:-0 1 2 3 4} ${ISIC_ARGS:-} --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
     echo "isic_arl.py exit code $?"
     tail -n 40 "$OUT/isic_arl.log"
     # weights and the resume checkpoints of cut-off runs stay behind: they are too large to come back
