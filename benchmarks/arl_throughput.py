@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from medsight.models import create_model
 
+PROFILED_STEPS = 5  # training steps whose kernels device_time sums
+
 
 def step_time(model, x, y, device, steps: int) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -44,9 +46,9 @@ def step_time(model, x, y, device, steps: int) -> float:
 
 
 def device_time(model, x, y, device, top: int = 0) -> float:
-    """Milliseconds of kernel time on the GPU per training step, summed over the kernels of five
-    steps (torch.profiler) after two warm-up steps; with ``top``, print the costliest kernels too,
-    with the host time of each op.
+    """Milliseconds of kernel time on the GPU per training step, summed over the kernels of
+    ``PROFILED_STEPS`` steps (torch.profiler) after two warm-up steps; with ``top``, print the
+    costliest kernels too, with the host time of each op.
 
     At batch 64 a ResNet-50 step keeps an H100 busy for only about 60 % of its wall time (the rest
     is the host launching kernels), so images/s alone mixes the GPU's cost of the ARL term with
@@ -57,13 +59,13 @@ def device_time(model, x, y, device, top: int = 0) -> float:
     step_time(model, x, y, device, 2)
     activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if top else [])  # the table shows host time too
     with profile(activities=activities) as prof:
-        step_time(model, x, y, device, 4)  # 5 steps: step_time runs one more than it is asked for
+        step_time(model, x, y, device, PROFILED_STEPS - 1)  # step_time runs one more than it is asked for
     events = prof.key_averages()
     if top:
         print(events.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=70))
     kernels_us = sum(e.self_device_time_total for e in events
                      if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
-    return kernels_us / 5 / 1000
+    return kernels_us / PROFILED_STEPS / 1000
 
 
 def main() -> None:
@@ -97,7 +99,7 @@ def main() -> None:
     gpu_ms = {}
     for name, model in models.items() if device.type == "cuda" else ():
         if args.profile:
-            print(f"{name}: the {args.profile} kernels with the most GPU time over 5 training steps")
+            print(f"{name}: the {args.profile} kernels with the most GPU time over {PROFILED_STEPS} training steps")
         gpu_ms[name] = device_time(model, x, y, device, args.profile)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{name}, batch {args.batch}, {args.size} px, median of {args.steps} steps, best of {args.rounds} rounds"
