@@ -499,6 +499,28 @@ def test_folder_mask_size_mismatch_garbage_image_and_label_outside_task(tmp_path
     assert "c3.bmp" in messages[2] and "cannot read" in messages[2]
 
 
+def test_read_table_text_and_parsed_modes_and_errors(tmp_path):
+    from medsight.data.tables import read_table
+
+    table = tmp_path / "t.csv"
+    table.write_text(" id ,n,uid\nA, 1,007\nB,,\n")
+    text = read_table(table, ("id",))  # label tables: all text, "" for empty, blanks dropped
+    assert list(text.columns) == ["id", "n", "uid"] and text.values.tolist() == [["A", "1", "007"], ["B", "", ""]]
+    parsed = read_table(table, dtype={"uid": str})  # numbers as numbers, NaN for empty
+    assert parsed["n"].iloc[0] == 1 and np.isnan(parsed["n"].iloc[1]) and parsed["uid"].iloc[0] == "007"
+    assert read_table(table, dtype=None)["uid"].iloc[0] == 7
+    with pytest.raises(InputError) as exc:
+        read_table(table, ("id", "label", "mask"), hint="; try again")
+    assert_names(exc, "t.csv", "missing column(s) label, mask (found: id, n, uid); try again")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "latin1.csv").write_bytes(b"id,label\n\xe9,1\n")
+    for name, error in (("missing.csv", "FileNotFoundError"), ("empty.csv", "EmptyDataError"),
+                        ("latin1.csv", "UnicodeDecodeError")):
+        with pytest.raises(InputError) as exc:
+            read_table(tmp_path / name)
+        assert_names(exc, name, f"cannot read CSV ({error}: ")
+
+
 # --- plain images ----------------------------------------------------------------------------------
 
 def test_images_from_folder_file_and_list(tmp_path):

@@ -4,6 +4,8 @@ the nuisances (hair, vignetting), the folder writer, and that the label is learn
 from __future__ import annotations
 
 import csv
+import importlib
+import pkgutil
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from scipy import ndimage
 from medsight.data import open_dataset
 from medsight.data.base import Dataset
 from medsight.data.synthetic import make_dermoscopy, make_lesion, read_synthetic, write_folder
-from medsight.errors import MedsightError
+from medsight.errors import InputError, MedsightError
 
 skimage_measure = pytest.importorskip("skimage.measure")
 
@@ -107,6 +109,62 @@ def test_reader_registry_entry():
     again = open_dataset(None, format="synthetic", n=6, size=40, seed=9)
     assert len(ds) == 6 and ds.samples[0].image.shape == (3, 40, 40)
     assert all(np.array_equal(a.image, b.image) for a, b in zip(ds.samples, again.samples))
+
+
+# ---- the format list (medsight.data.FORMATS)
+
+ORDER = ["ph2", "isic2017", "isic2018", "medmnist", "lidc-voi", "lidc", "luna", "chestxray14", "folder", "images",
+         "synthetic", "synthetic-xray"]
+ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018", "lidc_voi": "lidc-voi", "lidc-idri": "lidc",
+           "luna16": "luna", "tianchi": "luna"}
+
+
+def test_format_list_is_complete_and_every_name_resolves():
+    import medsight.data as data
+
+    declared = set()  # every Format a module of medsight.data declares
+    for info in pkgutil.iter_modules(data.__path__):
+        module = importlib.import_module(f"medsight.data.{info.name}")
+        declared.update([module.FORMAT] if hasattr(module, "FORMAT") else getattr(module, "FORMATS", ()))
+    assert set(data.FORMATS) == declared and len(data.FORMATS) == len(declared)
+    assert [f.name for f in data.FORMATS] == ORDER
+    assert {a: f.name for f in data.FORMATS for a in f.aliases} == ALIASES
+    for f in data.FORMATS:
+        assert f.description and "\n" not in f.description
+        assert data.get_format(f.name) is f and all(data.get_format(a) is f for a in f.aliases)
+        assert (f.detect is None) == f.generated
+    with pytest.raises(MedsightError, match=r"unknown format 'nope'; known: chestxray14, folder, .*, dermamnist"):
+        data.get_format("nope")
+    assert data.GENERATED == ("synthetic", "synthetic-xray")
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-xray"])
+def test_generated_formats_need_no_path(name):
+    ds = open_dataset(None, format=name, n=2, size=32, seed=1)
+    assert ds.name == name and len(ds) == 2
+
+
+def test_detection_follows_the_list_order(tmp_path, monkeypatch):
+    import medsight.data as data
+    from medsight.data.formats import Format
+
+    # a PH2 root that also holds a labels.csv: ph2 comes before the catch-all folder layout
+    (tmp_path / "PH2 Dataset images").mkdir()
+    (tmp_path / "PH2_dataset.txt").write_text("")
+    (tmp_path / "labels.csv").write_text("id,label\n")
+    assert data.get_format("folder").detect(tmp_path) and data.detect_format(tmp_path) == "ph2"
+
+    # detect_format asks the formats in list order, skips generated ones and names them all on failure
+    asked = []
+
+    def fake(name, answer):
+        return Format(name, read=None, detect=lambda p: asked.append(name) or answer)
+    monkeypatch.setattr(data, "FORMATS", (fake("a", False), Format("gen", None, None, generated=True),
+                                          fake("b", True), fake("c", True)))
+    assert data.detect_format(tmp_path) == "b" and asked == ["a", "b"]
+    monkeypatch.setattr(data, "FORMATS", (fake("a", False), fake("b", False)))
+    with pytest.raises(InputError, match=r"not a layout medsight recognises \(tried a, b\); name one with --format"):
+        data.detect_format(tmp_path)
 
 
 # ---- the lesion

@@ -1,48 +1,44 @@
 """Readers: one module per on-disk layout, all returning a :class:`Dataset` of :class:`Sample`.
 
-``open_dataset(path, format=None)`` detects the layout (or takes its name) and reads it;
+Each reader module declares its layout(s) as a :class:`~medsight.data.formats.Format` (``FORMAT`` or
+``FORMATS``); ``FORMATS`` below lists them all in detection order. ``open_dataset(path, format=None)``
+detects the layout (or takes its name) and reads it;
 ``validate(dataset)`` loads every image and mask and returns every problem found.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Callable
 
+from medsight.data import chestxray14, folder, isic, lidc, lidc_voi, luna, medmnist, ph2, synthetic, synthetic_xray
 from medsight.data.base import UNLABELLED, Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.errors import InputError, MedsightError
 
-# format name -> "module:function"; each function takes (root: Path, **options) -> Dataset,
-# and each module has ``detect_<format>(root: Path) -> bool`` ("-" in a format name becomes "_").
-# Listed by hand, in detection order.
-READERS: dict[str, str] = {
-    "ph2": "medsight.data.ph2:read_ph2",
-    "isic2017": "medsight.data.isic:read_isic2017",
-    "isic2018": "medsight.data.isic:read_isic2018",
-    "medmnist": "medsight.data.medmnist:read_medmnist",
-    "lidc-voi": "medsight.data.lidc_voi:read_lidc_voi",
-    "lidc": "medsight.data.lidc:read_lidc",
-    "luna": "medsight.data.luna:read_luna",
-    "chestxray14": "medsight.data.chestxray14:read_chestxray14",
-    "folder": "medsight.data.folder:read_folder",
-    "images": "medsight.data.folder:read_images",
-    "synthetic": "medsight.data.synthetic:read_synthetic",  # generated, never detected from a path
-    "synthetic-xray": "medsight.data.synthetic_xray:read_synthetic_xray",  # generated, never detected
-}
-GENERATED = ("synthetic", "synthetic-xray")  # formats that need no path
-ALIASES = {"dermamnist": "medmnist", "ham10000": "isic2018", "lidc_voi": "lidc-voi", "lidc-idri": "lidc",
-           "luna16": "luna", "tianchi": "luna"}
+# Every format, listed by hand in detection order: the first whose ``detect`` accepts a path wins,
+# so the specific layouts come before the catch-alls (folder, images). Generated formats come last.
+FORMATS: tuple[Format, ...] = (
+    ph2.FORMAT,
+    *isic.FORMATS,  # isic2017, isic2018
+    medmnist.FORMAT,
+    lidc_voi.FORMAT,
+    lidc.FORMAT,
+    luna.FORMAT,
+    chestxray14.FORMAT,
+    *folder.FORMATS,  # folder, images
+    synthetic.FORMAT,
+    synthetic_xray.FORMAT,
+)
+GENERATED = tuple(f.name for f in FORMATS if f.generated)  # formats that need no path
+_BY_NAME = {name: f for f in FORMATS for name in (f.name, *f.aliases)}
 
 
-def _resolve(spec: str) -> Callable:
-    module, func = spec.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def _detector(fmt: str) -> Callable[[Path], bool]:
-    module = READERS[fmt].split(":")[0]
-    return getattr(importlib.import_module(module), "detect_" + fmt.replace("-", "_"))
+def get_format(name: str) -> Format:
+    """The format called ``name`` (or one of its aliases), or an error listing the known names."""
+    if name not in _BY_NAME:
+        known = sorted(f.name for f in FORMATS) + sorted(a for f in FORMATS for a in f.aliases)
+        raise MedsightError(f"unknown format {name!r}; known: {', '.join(known)}")
+    return _BY_NAME[name]
 
 
 def detect_format(path: str | Path) -> str:
@@ -50,10 +46,10 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
-    for fmt in READERS:
-        if _detector(fmt)(path):
-            return fmt
-    raise InputError(path, f"not a layout medsight recognises (tried {', '.join(READERS)}); "
+    for fmt in FORMATS:
+        if fmt.detect is not None and fmt.detect(path):
+            return fmt.name
+    raise InputError(path, f"not a layout medsight recognises (tried {', '.join(f.name for f in FORMATS)}); "
                            "name one with --format")
 
 
@@ -62,20 +58,19 @@ def open_dataset(path: str | Path | list | None, format: str | None = None, **op
 
     ``format="synthetic"`` (dermoscopy) and ``format="synthetic-xray"`` (multi-label chest X-rays)
     need no path: they generate demo data from ``options``."""
-    if format in GENERATED and path is None:
-        return _resolve(READERS[format])(None, **options)
+    named = _BY_NAME.get(format)
+    if named is not None and named.generated and path is None:
+        return named.read(None, **options)
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             path = path[0]
         else:
-            return _resolve(READERS["images"])([Path(p) for p in path], **options)
+            return get_format("images").read([Path(p) for p in path], **options)
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder")
-    fmt = ALIASES.get(format, format) if format else detect_format(path)
-    if fmt not in READERS:
-        raise MedsightError(f"unknown format {format!r}; known: {', '.join(sorted(READERS) + sorted(ALIASES))}")
-    return _resolve(READERS[fmt])(path, **options)
+    fmt = get_format(format) if format else get_format(detect_format(path))
+    return fmt.read(path, **options)
 
 
 def validate(dataset: Dataset, task: Task | None = None) -> list[InputError]:
@@ -135,5 +130,5 @@ def load_checked(sample: Sample, task: Task | None = None):
     return image, mask, problems
 
 
-__all__ = ["Dataset", "Sample", "Task", "UNLABELLED", "READERS", "open_dataset", "detect_format",
-           "validate", "check_sample", "load_checked"]
+__all__ = ["Dataset", "Sample", "Task", "UNLABELLED", "Format", "FORMATS", "GENERATED", "get_format",
+           "open_dataset", "detect_format", "validate", "check_sample", "load_checked"]

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from medsight.data.base import Dataset, Sample, Task
-from medsight.data.folder import read_csv
+from medsight.data.formats import Format
 from medsight.data.imageio import _open
+from medsight.data.tables import read_table
 from medsight.errors import InputError, MedsightError
 
 TABLES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -196,7 +197,7 @@ def read_chestxray14(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
     table = _table(root)
     if table is None:
         raise InputError(root / TABLES[0], "file not found (not a ChestX-ray14 root?)")
-    df = read_csv(table, required=REQUIRED)
+    df = read_table(table, required=REQUIRED)
 
     # the official split files: both or neither
     lists = {name: root / name for name in (TRAIN_VAL, TEST)}
@@ -267,5 +268,8 @@ def read_chestxray14(root: str | Path, val_fraction: float = 0.1, seed: int = 0,
                    excluded=excluded)
 
 
-__all__ = ["CLASSES", "NO_FINDING", "TASKS", "detect_chestxray14", "read_chestxray14", "read_grey",
+FORMAT = Format("chestxray14", read_chestxray14, detect_chestxray14,
+                description="NIH ChestX-ray14: Data_Entry_2017.csv and images*/ folders of PNGs")
+
+__all__ = ["CLASSES", "FORMAT", "NO_FINDING", "TASKS", "detect_chestxray14", "read_chestxray14", "read_grey",
            "find_images", "image_folders", "patient_val_split"]

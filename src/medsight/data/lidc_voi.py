@@ -29,10 +29,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medsight.data import volumeio
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
+from medsight.data.tables import read_table
 from medsight.errors import InputError, MedsightError
 
 METADATA = "MetadatabyNoduleMaxVoting.csv"
@@ -110,15 +111,8 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
             raise InputError(folder, "folder not found (not an LIDC VOI root?)")
     if not table.is_file():
         raise InputError(table, "file not found (not an LIDC VOI root?)")
-    try:
-        df = pd.read_csv(table)
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(table, f"cannot read CSV ({exc.__class__.__name__}: {exc})") from None
-    df.columns = [str(c).strip() for c in df.columns]
     needed = ("patient_id", "nodule_id", "Diagnosis" if label_rule == "diagnosis" else "Malignancy_value")
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise InputError(table, f"missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)})")
+    df = read_table(table, needed, dtype=None)  # numbers as numbers: nodule_id, Malignancy_value, sizes
 
     rows: dict[str, tuple[int, dict]] = {}
     for i, row in enumerate(df.to_dict("records")):
@@ -180,3 +174,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
     if not samples:
         raise InputError(root, "no nodules" + (f" ({len(excluded)} excluded by the label rule)" if excluded else ""))
     return Dataset("lidc-voi", root, samples, CLASSES, dict(TASKS), default_task="malignancy", excluded=excluded)
+
+
+FORMAT = Format("lidc-voi", read_lidc_voi, detect_lidc_voi, aliases=("lidc_voi",),
+                description="LIDC-IDRI nodule VOIs: MetadatabyNoduleMaxVoting.csv and VOIs/{image,nodule_mask}/")

@@ -28,11 +28,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from medsight.data import volumeio
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.data.lidc_voi import TASKS as MALIGNANCY_TASKS
+from medsight.data.tables import read_table, require_columns
 from medsight.errors import InputError, MedsightError
 
 ANNOTATIONS = ("annotations.csv",)
@@ -96,21 +97,16 @@ def read_luna(root: str | Path, csv: str | Path | None = None, skip_missing: boo
     if options:
         raise MedsightError("the luna reader takes the options csv, skip_missing, skip_outside "
                             f"(got {', '.join(sorted(options))})")
+    import pandas as pd  # here, not at the top: importing medsight.data stays cheap
+
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "folder not found")
     table = _pick_csv(root, csv)
-    try:
-        df = pd.read_csv(table, dtype={"seriesuid": str})
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(table, f"cannot read CSV ({exc.__class__.__name__}: {exc})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_table(table, dtype={"seriesuid": str})  # numbers as numbers, series uids as text
     candidates = "class" in df.columns and "diameter_mm" not in df.columns
-    needed = ("seriesuid", *COORDS, "class" if candidates else "diameter_mm")
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise InputError(table, f"missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)}); "
-                                "expected annotations (… diameter_mm) or candidates (… class)")
+    require_columns(table, df.columns, ("seriesuid", *COORDS, "class" if candidates else "diameter_mm"),
+                    hint="; expected annotations (… diameter_mm) or candidates (… class)")
     for c in COORDS + (("diameter_mm",) if not candidates else ("class",)):
         bad = pd.to_numeric(df[c], errors="coerce").isna()
         if bad.any():
@@ -176,3 +172,7 @@ def read_luna(root: str | Path, csv: str | Path | None = None, skip_missing: boo
         tasks = {"nodule": Task.multiclass("nodule", CANDIDATE_CLASSES)}
         return Dataset("luna", root, samples, CANDIDATE_CLASSES, tasks, default_task="nodule", excluded=excluded)
     return Dataset("luna", root, samples, (), dict(MALIGNANCY_TASKS), default_task="malignancy", excluded=excluded)
+
+
+FORMAT = Format("luna", read_luna, detect_luna, aliases=("luna16", "tianchi"),
+                description="LUNA16 / Tianchi: <seriesuid>.mhd CT volumes and annotations.csv or candidates.csv")

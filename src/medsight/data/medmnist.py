@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.errors import InputError, MedsightError
 
 SPLITS = ("train", "val", "test")
@@ -130,3 +131,7 @@ def read_medmnist(path: str | Path, classes: list[str] | tuple[str, ...] | str |
         tasks["melanoma"] = Task("melanoma", ("other", "melanoma"), {c: int(c == "mel") for c in names})
     samples.sort(key=lambda s: s.id)
     return Dataset("medmnist", npz, samples, names, tasks, default_task="diagnosis")
+
+
+FORMAT = Format("medmnist", read_medmnist, detect_medmnist, aliases=("dermamnist",),
+                description="a MedMNIST v2 .npz file (e.g. dermamnist.npz), or a folder holding exactly one")

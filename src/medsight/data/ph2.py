@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.errors import InputError, MedsightError
 
 TABLE = "PH2_dataset.txt"
@@ -109,3 +110,7 @@ def read_ph2(root: str | Path, **options) -> Dataset:
             raise InputError(folder, f"image folder has no row in {table}")
     return Dataset("ph2", root, [samples[k] for k in sorted(samples)], CLASSES, dict(TASKS),
                    default_task="melanoma")
+
+
+FORMAT = Format("ph2", read_ph2, detect_ph2,
+                description="PH2 dermoscopy: PH2_dataset.txt and 'PH2 Dataset images/'")

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from medsight.data.base import Dataset, Sample, Task
+from medsight.data.formats import Format
 from medsight.errors import MedsightError
 
 CLASSES = ("benign", "malignant")
@@ -74,6 +74,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
 
     Large ``sigma`` is computed on a coarse grid and upsampled bilinearly, which is much cheaper
     and visually the same."""
+    from scipy import ndimage  # here, not at the top: importing medsight.data stays cheap
+
     h, w = shape
     f = max(1, int(sigma // 3))
     sh, sw = max(2, -(-h // f)), max(2, -(-w // f))
@@ -184,6 +186,8 @@ def make_lesion(rng: np.random.Generator, size: int | tuple[int, int] = (128, 12
     ``return_layers=True`` a fourth item holds float layers: ``skin`` (H, W, 3), ``hair`` (the hair
     opacity, H, W) and ``vignette`` (the multiplicative field, H, W).
     """
+    from scipy import ndimage
+
     h, w = image_size(size)
     side = min(h, w)
     scale = side / 128.0
@@ -366,11 +370,6 @@ def read_synthetic(root: str | Path | None = None, n: int = 200, size: int | tup
     return make_dermoscopy(n=n, size=size, seed=seed, malignant_fraction=malignant_fraction)
 
 
-def detect_synthetic(root: Path) -> bool:
-    """Synthetic data is generated, never detected from a path."""
-    return False
-
-
 # --------------------------------------------------------------------------------------------
 # writing
 
@@ -437,4 +436,7 @@ def write_folder(dataset: Dataset, out_dir: str | Path) -> Path:
     return out_dir
 
 
-__all__ = ["make_lesion", "make_dermoscopy", "read_synthetic", "detect_synthetic", "write_folder", "CLASSES"]
+FORMAT = Format("synthetic", read_synthetic, None, generated=True,
+                description="generated dermoscopy-like images (no path; options n, size, seed, malignant_fraction)")
+
+__all__ = ["make_lesion", "make_dermoscopy", "read_synthetic", "write_folder", "CLASSES", "FORMAT"]

@@ -37,6 +37,7 @@ import numpy as np
 from medsight.data.base import Dataset, Sample, Task
 from medsight.data.chestxray14 import CLASSES as CHESTXRAY14_CLASSES
 from medsight.data.chestxray14 import NO_FINDING
+from medsight.data.formats import Format
 from medsight.data.synthetic import _smooth_noise, image_size
 from medsight.errors import MedsightError
 
@@ -411,10 +412,8 @@ def read_synthetic_xray(root: str | Path | None = None, **options) -> Dataset:
     return make_chest_xrays(**options)
 
 
-def detect_synthetic_xray(root: Path) -> bool:
-    """Synthetic data is generated, never detected from a path."""
-    return False
-
+FORMAT = Format("synthetic-xray", read_synthetic_xray, None, generated=True,
+                description="generated multi-label chest X-rays (no path; options n, size, seed, labels, prevalence)")
 
 __all__ = ["DEFAULT_LABELS", "PAINTERS", "image_rng", "make_chest_xray", "make_chest_xrays",
-           "read_synthetic_xray", "detect_synthetic_xray"]
+           "read_synthetic_xray", "FORMAT"]
