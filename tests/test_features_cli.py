@@ -14,7 +14,7 @@ from PIL import Image
 from medsight.cli import main
 from medsight.data.synthetic import make_dermoscopy, write_folder
 from medsight.features.glcm import glcm_features
-from medsight.features.shape import shape_features_3d
+from medsight.features.shape import SHAPE_2D_FEATURES, FourierShape, Shape2D, shape_features_3d
 
 
 def cli(capsys, *args) -> tuple[int, str]:
@@ -95,6 +95,11 @@ def test_shape_of_a_2d_image_adds_fourier_descriptors(tmp_path, capsys):
     (row,) = rows_of(out)
     assert [f"Fourier{k}" for k in range(6)] == [k for k in row if k.startswith("Fourier")]
     assert float(row["PixelSurface"]) == mask.sum()
+    # the same estimators as the recipes' descriptors: Shape2D's columns, then FourierShape's, exactly
+    shape2d = Shape2D().fit(None).transform([(mask, (1.0, 1.0))])[0]
+    fourier = FourierShape(n_coefficients=6).fit(None).transform([mask.astype(bool)])[0]
+    assert list(row)[1:] == [*SHAPE_2D_FEATURES, *(f"Fourier{k}" for k in range(6))]
+    assert [float(v) for k, v in row.items() if k != "id"] == [*shape2d.tolist(), *fourier.tolist()]
 
 
 def test_a_whole_dataset_gives_one_row_per_case(tmp_path, capsys):

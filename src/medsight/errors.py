@@ -26,4 +26,9 @@ class FeatureError(MedsightError, ValueError):
     """A descriptor cannot be computed for this input (empty mask, NaN inside the mask, ...).
 
     Also a ValueError, so scikit-learn code that catches bad input keeps working; the command
-    line adds the file name."""
+    line adds the file name. ``index``, when given, is the position of the failing case in a
+    batch (``medsight.features.describe.describe_cases``), so the caller can name its file."""
+
+    def __init__(self, *args, index: int | None = None):
+        super().__init__(*args)
+        self.index = index

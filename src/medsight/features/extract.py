@@ -76,24 +76,32 @@ def case_arrays(sample: Sample) -> tuple[np.ndarray, np.ndarray | None, tuple[fl
 
 
 def describe(kind: str, image: np.ndarray, mask: np.ndarray | None, spacing, settings: Settings) -> dict:
-    """Feature name -> value for one case."""
+    """Feature name -> value for one case, from the scikit-learn estimators that the recipes'
+    descriptors (``medsight.features.describe``) use too."""
     if kind == "glcm":
-        from medsight.features.glcm import glcm_features
+        from medsight.features.glcm import GLCMTexture
 
-        return glcm_features(image, mask, distances=settings.distances, bin_width=settings.bin_width,
-                             bin_count=settings.bin_count)
+        texture = GLCMTexture(distances=settings.distances, bin_width=settings.bin_width,
+                              bin_count=settings.bin_count)
+        return _row(texture, (image, mask))
     if kind == "shape":
-        from medsight.features.shape import fourier_descriptors, shape_features_2d, shape_features_3d
+        from medsight.features.shape import FourierShape, Shape2D, Shape3D
 
         if mask is None:
             raise FeatureError("shape features need a mask")
         if mask.ndim == 3:
-            return shape_features_3d(mask, spacing)
-        out = dict(shape_features_2d(mask, spacing))
-        coeffs = fourier_descriptors(mask.astype(bool), n_coefficients=settings.n_coefficients)
-        out.update({f"Fourier{k}": float(c) for k, c in enumerate(coeffs)})
-        return out
+            return _row(Shape3D(), (mask, spacing))
+        shape = _row(Shape2D(), (mask, spacing))
+        fourier = _row(FourierShape(n_coefficients=settings.n_coefficients), mask.astype(bool))
+        return {**shape, **{f"Fourier{k}": v for k, v in enumerate(fourier.values())}}
     raise FeatureError(f"unknown feature kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def _row(estimator, sample) -> dict:
+    """{feature name: value} of one sample through a fitted-on-the-spot estimator (fitting only
+    checks the settings and names the features)."""
+    estimator.fit(None)
+    return dict(zip(estimator.feature_names_, estimator.transform([sample])[0].tolist()))
 
 
 def extract(kind: str, dataset: Dataset, settings: Settings, progress=None) -> tuple[list[dict], list[InputError]]:
