@@ -7,7 +7,6 @@ Exit codes: 0 success, 2 bad input or usage (one message naming the file and the
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -56,13 +55,12 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
 def train(config, data, out, device, seed, epochs, overrides):
     """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
-    from medsight.config import load_config
-    from medsight.recipes import RECIPES
+    from medsight.recipes import load_config, recipe_for
+    from medsight.rundir import RunDir
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
     run_dir = out or _default_run_dir(config)
-    recipe = RECIPES[cfg.recipe](cfg, console)
-    recipe.train(run_dir, device=device)
+    recipe_for(cfg, console).train(RunDir(run_dir), device=device)
     console.print(f"run directory: {run_dir}")
 
 
@@ -76,20 +74,20 @@ def train(config, data, out, device, seed, epochs, overrides):
               default=None, help="Classifiers: write class activation maps to OUT/maps (default method gradcam).")
 def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
-    from medsight.recipes import Recipe
-    from medsight.recipes.base import refuse_existing_output
+    from medsight.io import refuse_existing_output
+    from medsight.recipes import load_recipe
+    from medsight.recipes.common import write_predictions
 
     refuse_existing_output(out)
-    recipe = Recipe.load(run_dir, device, console)
-    if maps and recipe.kind != "classification":
-        raise MedsightError(f"--maps: the {recipe.kind} recipe has no class activation maps")
-    recipe.maps = maps
+    recipe = load_recipe(run_dir, device, console)
+    if maps and maps not in recipe.map_methods:
+        raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt)
     preds = recipe.predict(dataset)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
-    recipe.write_predictions(preds, out)
+    write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps))
     console.print(f"predicted {len(preds.loaded.ids)} of {len(dataset)} cases -> {out / 'predictions.csv'}")
 
 
@@ -103,17 +101,19 @@ def predict(run_dir, inputs, out, fmt, device, maps):
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 def evaluate(run_dir, inputs, fmt, out, split, device):
     """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
-    from medsight.engine.checkpoint import save_json
+    from medsight.io import save_json
     from medsight.metrics import format_table, jsonable
-    from medsight.recipes import Recipe
+    from medsight.recipes import load_recipe
+    from medsight.rundir import RunDir
 
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
-    recipe = Recipe.load(run_dir, device, console)
-    dataset = _restrict(_open_input(inputs, fmt), split, run_dir)
-    same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.run_info["data"]["root"]).resolve())
-    train_ids = set(json.loads((run_dir / "split.json").read_text()).get("train", [])) if same_data else set()
-    preds = recipe.predict(dataset, need_masks=recipe.need_masks)
+    recipe = load_recipe(run_dir, device, console)
+    run = RunDir(run_dir)
+    dataset = _restrict(_open_input(inputs, fmt), split, run)
+    same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
+    train_ids = set(run.split_ids("train")) if same_data else set()
+    preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
@@ -132,14 +132,13 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     console.print(f"metrics written to {target}")
 
 
-def _restrict(dataset, split: str | None, run_dir: Path):
+def _restrict(dataset, split: str | None, run):
     if split is None:
         return dataset
     if split == "heldout":
-        path = run_dir / "split.json"
-        ids = set(json.loads(path.read_text()).get("heldout", [])) if path.is_file() else set()
+        ids = set(run.split_ids("heldout"))
         if not ids:
-            raise MedsightError(f"{run_dir}: the run held no fold out (train it with data.folds > 1)")
+            raise MedsightError(f"{run.path}: the run held no fold out (train it with data.folds > 1)")
         dataset.samples = [s for s in dataset.samples if s.id in ids]
         return dataset
     subset = dataset.subset(split)
@@ -205,7 +204,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
     one row per case in OUT, the settings beside it in OUT with the suffix .json."""
     from medsight.features.extract import Settings, extract, single_case
-    from medsight.recipes.base import write_csv
+    from medsight.io import write_csv
 
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
@@ -229,7 +228,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
         raise MedsightError(f"{dataset.root}: no case could be described"
                             + (f" ({rejected[0]})" if len(rejected) == 1 else f" ({len(rejected)} rejected)"))
     import medsight
-    from medsight.engine.checkpoint import save_json
+    from medsight.io import save_json
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

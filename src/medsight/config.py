@@ -1,8 +1,11 @@
 """Recipe configs: YAML validated into typed objects.
 
-An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key
-(``train.epochs: Input should be a valid integer``). Overrides use dotted keys
-(``--set train.lr=0.001``) whose values are parsed as YAML scalars, never evaluated as code.
+The sections every recipe shares live here; each recipe's schema (a :class:`RecipeConfig`
+subclass) lives beside the recipe, and :mod:`medsight.recipes` picks it by the config's
+``recipe``. An unknown key or a value of the wrong type is a :class:`ConfigError` naming the key
+(``train.epochs: Input should be a valid integer``), made in one place (:func:`validated`).
+Overrides use dotted keys (``--set train.lr=0.001``) whose values are parsed as YAML scalars,
+never evaluated as code.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class TrainConfig(Section):
     step_gamma: float = Field(0.5, gt=0, le=1)
     class_weights: Literal["none", "balanced"] = "none"  # classification: weight CE by inverse frequency
     early_stopping: EarlyStopping | None = None
+    checkpoint_every: int = Field(0, ge=0)  # also save the resume state every N steps within an epoch (0: never)
 
 
 class PredictConfig(Section):
@@ -87,38 +91,50 @@ class HeadConfig(Section):
     fusion: Literal["mean", "vote", "concat"] = "mean"
 
 
-RECIPE_NAMES = ("segmentation", "classification", "multilabel", "descriptors", "fuse_tsd", "fgfv")
+class RecipeConfig(Section):
+    """What every recipe's config has; a recipe's schema subclasses it, names itself in
+    ``recipe: Literal[...]`` and adds its own sections."""
 
-
-class Config(Section):
-    recipe: Literal[RECIPE_NAMES]
+    recipe: str
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig | None = None  # the network; recipes that train one require it
-    features: dict[str, dict[str, Any]] = Field(default_factory=dict)  # descriptor name -> its options
-    head: HeadConfig = Field(default_factory=HeadConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
 
+class NetworkConfig(RecipeConfig):
+    """A recipe that trains a network: the network, its training and the augmentation of its batches."""
+
+    model: ModelConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
 def _error_text(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "value_error":  # a validator's own message, without pydantic's prefix
+            msg = str(err["ctx"]["error"])
+        else:
+            msg = err["msg"]
         lines.append(f"{key}: {msg}")
     return f"{source}: " + "; ".join(lines)
 
 
-def parse_config(raw: dict, source: str = "config") -> Config:
+def validated(schema, raw: Any, source: str = "config"):
+    """``raw`` validated as ``schema`` (a pydantic model or TypeAdapter); every problem found goes
+    into one :class:`ConfigError` naming the keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     try:
-        return Config.model_validate(raw)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            return schema.model_validate(raw)
+        return schema.validate_python(raw)
     except ValidationError as exc:
         raise ConfigError(_error_text(exc, source)) from None
 
@@ -131,7 +147,11 @@ def read_yaml(path: str | Path) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return raw if raw is not None else {}
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return raw
 
 
 def set_key(raw: dict, key: str, value: Any) -> None:
@@ -162,13 +182,13 @@ def apply_override(raw: dict, assignment: str) -> None:
     set_key(raw, key.strip(), value)
 
 
-def load_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,
-                data: str | None = None, seed: int | None = None) -> Config:
-    """Read a config file, apply ``--set`` overrides and the dedicated flags, validate."""
+def raw_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,
+               data: str | None = None, seed: int | None = None) -> dict:
+    """A config file's keys with the ``--set`` overrides and the dedicated flags applied, not yet validated."""
     raw = read_yaml(path)
     for assignment in overrides:
         apply_override(raw, assignment)
     for key, value in {"train.epochs": epochs, "data.root": data, "seed": seed}.items():
         if value is not None:
             set_key(raw, key, str(value) if key == "data.root" else value)
-    return parse_config(raw, str(path))
+    return raw

@@ -106,14 +106,13 @@ FIGURES = ("training_curves.png", "validation_overlays.png", "validation_roc.png
 
 
 def _load_run(run_dir: Path) -> dict:
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise InputError(run_dir, "not a medsight run directory (run.json is missing)")
-    info = json.loads(info_path.read_text())
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    from medsight.rundir import RECORD_FILE, RunDir
+
+    run = RunDir(run_dir)
+    if not (run_dir / RECORD_FILE).is_file():
+        raise InputError(run_dir, f"not a medsight run directory ({RECORD_FILE} is missing)")
     evaluations = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("evaluation*.json"))}
-    return {"dir": run_dir, "info": info, "metrics": metrics, "evaluations": evaluations,
+    return {"dir": run_dir, "record": run.read_record(), "metrics": run.read_metrics(), "evaluations": evaluations,
             "figures": [run_dir / f for f in FIGURES if (run_dir / f).is_file()]}
 
 
@@ -144,13 +143,13 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     if out.suffix == ".md":
         parts = ["# medsight report", "", format_table(rows, metrics, style="markdown"), ""]
         for run in runs:
-            parts += [f"## {run['dir']}", "", _describe(run["info"]), ""]
+            parts += [f"## {run['dir']}", "", _describe(run["record"]), ""]
             parts += [f"![{f.name}]({f.resolve()})" for f in run["figures"]] + [""]
         out.write_text("\n".join(parts))
         return out
     body = ["<h1>medsight report</h1>", "<pre>" + html.escape(format_table(rows, metrics, style="text")) + "</pre>"]
     for run in runs:
-        body.append(f"<h2>{html.escape(str(run['dir']))}</h2><p>{html.escape(_describe(run['info']))}</p>")
+        body.append(f"<h2>{html.escape(str(run['dir']))}</h2><p>{html.escape(_describe(run['record']))}</p>")
         for fig in run["figures"]:
             data = base64.b64encode(fig.read_bytes()).decode()
             body.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
@@ -161,11 +160,11 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     return out
 
 
-def _describe(info: dict) -> str:
-    data = info.get("data", {})
-    task = info.get("task") or {}
-    return (f"{info.get('recipe')} recipe on {data.get('format')} ({data.get('root')}): "
-            f"{data.get('train')} training / {data.get('val')} validation cases; task {task.get('name')} "
-            f"({', '.join(task.get('classes', []))}); "
-            + (f"best epoch {info['best_epoch']} of {info.get('epochs_run')}; " if info.get("best_epoch") else "")
-            + f"{info.get('train_seconds')} s on {info.get('device')}")
+def _describe(record) -> str:
+    """One sentence on a run: recipe, data, task, each network stage's epochs, time."""
+    data, task = record.data, record.task
+    stages = "; ".join(f"{name}: best epoch {st.best_epoch} of {st.epochs_run}"
+                       for name, st in record.stages.items() if st.best_epoch)
+    return (f"{record.recipe} recipe on {data.format} ({data.root}): {data.train} training / {data.val} validation "
+            f"cases; task {task.name if task else None} ({', '.join(task.classes) if task else ''}); "
+            + (f"{stages}; " if stages else "") + f"{record.train_seconds} s on {record.device}")

@@ -1,10 +1,7 @@
-"""Atomic checkpoint files: weights as safetensors, loop state through ``weights_only`` loading."""
+"""Checkpoint files: weights as safetensors, the loop's resume state through ``weights_only`` loading."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +9,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medsight.errors import InputError
+from medsight.io import atomic_write
 
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+CHECKPOINT = "checkpoint.pt"  # a training loop's resume state, in the folder of the stage it trains
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -42,7 +30,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -51,7 +39,3 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InputError(path, f"not a readable medsight checkpoint ({exc})") from None
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))

@@ -1,111 +1,108 @@
-"""One training loop for supervised classification and segmentation."""
+"""The training loop, one for every method: the method says what a step is, the loop owns the rest.
+
+A stage gives the loop a :class:`Step` (USB's ``train_step`` idea): its named models and
+optimisers, what one training step does with a batch (it computes its losses, calls
+``ctx.update(loss, *optimisers)`` as often as it needs, and returns numbers to log) and how
+validation is scored. The loop owns the device and bf16 autocast, the seeding of every epoch,
+progress, validation after each epoch, the best epoch's weights (``<model>.safetensors`` for every
+model), early stopping, and atomic checkpoints from which an interrupted run resumes to
+bit-identical weights: after every epoch, and every ``checkpoint_every`` steps within one.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from medsight.engine.checkpoint import load_state, save_state, save_weights
+from medsight.engine.checkpoint import CHECKPOINT, load_state, load_weights, save_state, save_weights
+from medsight.engine.device import autocast, select_device, to_channels_last
+from medsight.engine.schedules import lr_scheduler
+from medsight.engine.streams import LOOP, epoch_seed, skip
 from medsight.errors import MedsightError
 
-CHECKPOINT = "checkpoint.pt"  # the loop's state after the last finished epoch (for resuming)
-BEST_WEIGHTS = "model.safetensors"  # the weights of the best validation epoch
 SHOWN = ("ACC", "AUC", "BMA", "JA", "DI")  # metrics printed each epoch when present (all go to history)
 
 
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MedsightError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise MedsightError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
+class Step(Protocol):
+    """What a method gives the loop for one stage."""
 
+    models: dict[str, torch.nn.Module]  # moved, checkpointed and saved by the loop
+    monitor: str  # the validation metric that chooses the best epoch, unless the loop is told another
+    monitor_mode: str  # "max" or "min"
 
-def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Channels-last weights for 2D convolution nets, channels-last-3d for 3D ones."""
-    ranks = {p.dim() for p in model.parameters()}
-    if 5 in ranks:
-        return model if 4 in ranks else model.to(memory_format=torch.channels_last_3d)
-    return model.to(memory_format=torch.channels_last) if 4 in ranks else model
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Built once the models are on their device; the first one's rate is logged as ``lr``."""
 
-
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A seed for one epoch's randomness, so a resumed run replays exactly what it would have done."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
-
-
-class TrainingModule:
-    """What a recipe gives the loop: the model and what one step is.
-
-    ``training_step`` returns the loss of a batch; ``validation_step`` returns anything, collected
-    over the validation set and handed to ``validation_metrics``, which returns named numbers.
-    """
-
-    monitor: str = "val_loss"  # the default metric that chooses the best epoch
-    monitor_mode: str = "min"
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def training_step(self, batch: Any, device: torch.device) -> torch.Tensor:
-        raise NotImplementedError
+    def train_step(self, batch: Any, ctx: StepContext) -> Mapping[str, torch.Tensor | float]:
+        """Losses and updates of one batch; returns numbers to log (``loss`` is shown)."""
 
     def validation_step(self, batch: Any, device: torch.device) -> Any:
-        raise NotImplementedError
+        """Anything; collected over the validation batches for :meth:`validation_metrics`."""
 
     def validation_metrics(self, outputs: list) -> dict[str, float]:
-        raise NotImplementedError
+        ...
+
+
+@dataclass
+class StepContext:
+    """What a training step knows besides its batch, and how it updates weights."""
+
+    device: torch.device
+    epoch: int
+    step: int  # optimisation steps taken before this one in the whole run (loss-weight schedules run on it)
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def update(self, loss: torch.Tensor, *names: str) -> None:
+        """Back-propagate ``loss`` and step the named optimisers (all of them when none is named)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {self.epoch}; "
+                                     "lower train.lr or check the input data")
+        chosen = [self.optimizers[n] for n in names] if names else list(self.optimizers.values())
+        for optimizer in chosen:
+            optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=False):  # backward runs outside autocast
+            loss.backward()
+        for optimizer in chosen:
+            optimizer.step()
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[dict]  # one record per epoch: training logs, validation metrics, lr, seconds
+    best_epoch: int
+    epochs_run: int
+    monitor: str
 
 
 class Trainer:
-    """Runs epochs, validates after each, keeps the best weights, checkpoints atomically, resumes.
+    """Runs the epochs of one stage in ``folder`` (weights and checkpoint go there).
 
-    ``train_batches(epoch)`` and ``val_batches()`` yield batches; the loop seeds torch before each
-    epoch from ``(seed, epoch)``, and ``train_batches`` should draw its own randomness the same way
-    (:func:`epoch_seed`), so an interrupted run resumed from its checkpoint ends with the same
-    weights as one that never stopped.
-    """
+    ``train_batches(epoch)`` yields the batches of an epoch and must draw its randomness from
+    ``(seed, epoch)`` alone (:mod:`medsight.engine.streams`); the loop seeds torch's global
+    generator (dropout) the same way before each epoch."""
 
-    def __init__(self, run_dir: str | Path, epochs: int, optimizer: Callable[[Iterable], torch.optim.Optimizer],
-                 scheduler: str = "none", device: torch.device | str = "auto", seed: int = 0,
-                 monitor: str | None = None, mode: str | None = None, patience: int | None = None,
-                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None,
-                 step: tuple[int, float] = (30, 0.5)):
-        self.run_dir = Path(run_dir)
+    def __init__(self, folder: str | Path, epochs: int, device: torch.device | str = "auto", seed: int = 0,
+                 scheduler: str = "cosine", step_lr: tuple[int, float] = (30, 0.5), monitor: str | None = None,
+                 mode: str | None = None, patience: int | None = None, checkpoint_every: int = 0,
+                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None):
+        self.folder = Path(folder)
         self.epochs = epochs
-        self.make_optimizer = optimizer
-        self.scheduler_kind, self.step = scheduler, step
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.seed = seed
+        self.scheduler, self.step_lr = scheduler, step_lr
         self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.checkpoint_every = checkpoint_every
         self.callbacks = list(callbacks)
         self.console = console or Console(stderr=True)
-
-    # -- set-up -------------------------------------------------------------------------------
-    def _scheduler(self, optimizer):
-        if self.scheduler_kind == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs)
-        if self.scheduler_kind == "step":
-            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.step[0], gamma=self.step[1])
-        if self.scheduler_kind == "poly":
-            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: (1 - e / self.epochs) ** 0.9)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
-
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
 
     def _better(self, record: dict, state: dict) -> bool:
         """Whether this epoch beats the best so far. Ties on the monitored metric (common with a
@@ -119,91 +116,136 @@ class Trainer:
         return loss is not None and best_loss is not None and loss < best_loss
 
     # -- the loop -----------------------------------------------------------------------------
-    def fit(self, module: TrainingModule, train_batches: Callable[[int], Iterable],
-            val_batches: Callable[[], Iterable], steps_per_epoch: int | None = None) -> list[dict]:
-        self.monitor = self.monitor or module.monitor
-        self.mode = self.mode or module.monitor_mode
-        model = module.model.to(self.device)
-        if self.device.type == "cuda":  # tensor-core friendly layout for convolutions under bf16
-            model = to_channels_last(model)
-        optimizer = self.make_optimizer(model.parameters())
-        scheduler = self._scheduler(optimizer)
-        state = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
-                 "finished": False}
-        ckpt_path = self.run_dir / CHECKPOINT
-        if ckpt_path.exists():
-            saved = load_state(ckpt_path)
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["loop"]
-            self.console.print(f"resuming {self.run_dir} after epoch {state['epoch']}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def fit(self, step: Step, train_batches: Callable[[int], Iterable], val_batches: Callable[[], Iterable],
+            steps_per_epoch: int | None = None) -> FitResult:
+        self.monitor = self.monitor or step.monitor
+        self.mode = self.mode or step.monitor_mode
+        for model in step.models.values():
+            model.to(self.device)
+            if self.device.type == "cuda":  # tensor-core friendly layout for convolutions under bf16
+                to_channels_last(model)
+        optimizers = step.optimizers()
+        schedulers = {name: lr_scheduler(opt, self.scheduler, self.epochs, *self.step_lr)
+                      for name, opt in optimizers.items()}
+        state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
+                 "finished": False, "in_epoch": None}
+        checkpoint = self.folder / CHECKPOINT
+        if checkpoint.exists():
+            state = self._resume(checkpoint, step, optimizers, schedulers)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save = lambda: self._save(checkpoint, step, optimizers, schedulers, state)  # noqa: E731
 
         for epoch in range(state["epoch"] + 1, self.epochs + 1):
             if state["finished"]:
                 break
             start = time.perf_counter()
-            torch.manual_seed(epoch_seed(self.seed, epoch, stream=1))
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-            train_loss = self._train_epoch(module, optimizer, train_batches(epoch), epoch, steps_per_epoch)
-            scheduler.step()
-            metrics = self._validate(module, val_batches())
-            record = {"epoch": epoch, "loss": train_loss, **metrics, "lr": lr,
-                      "seconds": round(time.perf_counter() - start, 3)}
+            lr = next(iter(optimizers.values())).param_groups[0]["lr"]  # the rate this epoch trains with
+            if state["in_epoch"] is None:
+                torch.manual_seed(epoch_seed(self.seed, epoch, LOOP))
+            logs = self._train_epoch(step, optimizers, train_batches(epoch), epoch, steps_per_epoch, state, save)
+            for scheduler in schedulers.values():
+                scheduler.step()
+            metrics = self._validate(step, val_batches())
+            record = {"epoch": epoch, **logs, **metrics, "lr": lr, "seconds": round(time.perf_counter() - start, 3)}
             state["history"].append(record)
-            value = metrics.get(self.monitor)
-            if value is None:
-                raise MedsightError(f"early_stopping.metric: {self.monitor!r} is not a validation metric; "
-                                    f"available: {', '.join(sorted(metrics))}")
-            if self._better(record, state):
-                state.update(best_value=value, best_loss=record.get("val_loss"), best_epoch=epoch, bad_epochs=0)
-                save_weights(model.state_dict(), self.run_dir / BEST_WEIGHTS)
-            elif state["best_value"] is None:  # the metric is undefined so far (e.g. one class in validation):
-                state.update(best_epoch=epoch)  # keep the latest weights until it is defined
-                save_weights(model.state_dict(), self.run_dir / BEST_WEIGHTS)
-                self.console.print(f"[yellow]validation {self.monitor} is undefined at epoch {epoch}; "
-                                   "keeping the latest weights (is the validation set too small?)[/yellow]")
-            else:
-                state["bad_epochs"] += 1
+            self._keep_best(step, record, metrics, state)
             stop = self.patience is not None and state["bad_epochs"] >= self.patience
-            state["epoch"] = epoch
-            state["finished"] = stop or epoch == self.epochs
-            save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "loop": state}, ckpt_path)
+            state.update(epoch=epoch, finished=stop or epoch == self.epochs, in_epoch=None)
+            save()
             self._report(record, state)
             for callback in self.callbacks:
                 callback(epoch, record)
             if stop:
                 self.console.print(f"early stop: no better {self.monitor} for {self.patience} epochs")
-        return state["history"]
+        for name, model in step.models.items():
+            model.load_state_dict(load_weights(self.folder / f"{name}.safetensors"))
+        checkpoint.unlink(missing_ok=True)  # the best weights are kept; the resume state is not needed
+        return FitResult(state["history"], state["best_epoch"], state["epoch"], self.monitor)
 
-    def _train_epoch(self, module, optimizer, batches, epoch, total) -> float:
-        module.model.train()
-        losses = []
+    def _train_epoch(self, step, optimizers, batches, epoch, total, state, save) -> dict[str, float]:
+        """Mean of each logged number over the epoch's steps. A checkpoint taken within the epoch
+        holds how many steps were done, their logs and torch's generator; resuming skips the
+        batches already drawn and restores the generator, so the epoch ends as if never cut."""
+        for model in step.models.values():
+            model.train()
+        done, logs = 0, {}
+        if state["in_epoch"] is not None:  # resuming within this epoch
+            done, logs = state["in_epoch"]["done"], state["in_epoch"]["logs"]
+            batches = skip(iter(batches), done)
+            torch.set_rng_state(state["in_epoch"]["rng"])
+            if "cuda_rng" in state["in_epoch"]:
+                torch.cuda.set_rng_state(state["in_epoch"]["cuda_rng"], self.device)
         with self._progress() as progress:
-            task = progress.add_task(f"epoch {epoch}/{self.epochs}", total=total)
+            task = progress.add_task(f"epoch {epoch}/{self.epochs}", total=total, completed=done)
             for batch in batches:
-                optimizer.zero_grad(set_to_none=True)
-                with self._autocast():
-                    loss = module.training_step(batch, self.device)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; "
-                                             "lower train.lr or check the input data")
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                progress.update(task, advance=1, description=f"epoch {epoch}/{self.epochs} loss {losses[-1]:.4f}")
-        return float(np.mean(losses)) if losses else float("nan")
+                ctx = StepContext(self.device, epoch, state["step"], optimizers)
+                with autocast(self.device):
+                    out = step.train_step(batch, ctx)
+                for key, value in out.items():
+                    logs.setdefault(key, []).append(float(value.item() if torch.is_tensor(value) else value))
+                state["step"] += 1
+                done += 1
+                shown = f" loss {logs['loss'][-1]:.4f}" if "loss" in logs else ""
+                progress.update(task, advance=1, description=f"epoch {epoch}/{self.epochs}{shown}")
+                if self.checkpoint_every and done % self.checkpoint_every == 0 and done != total:
+                    state["in_epoch"] = {"done": done, "logs": logs, "rng": torch.get_rng_state()}
+                    if self.device.type == "cuda":
+                        state["in_epoch"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+                    save()
+        return {key: float(np.mean(values)) for key, values in logs.items()} or {"loss": float("nan")}
 
     @torch.no_grad()
-    def _validate(self, module, batches) -> dict[str, float]:
-        module.model.eval()
+    def _validate(self, step, batches) -> dict[str, float]:
+        for model in step.models.values():
+            model.eval()
         outputs = []
         for batch in batches:
-            with self._autocast():
-                outputs.append(module.validation_step(batch, self.device))
-        return {k: float(v) for k, v in module.validation_metrics(outputs).items()}
+            with autocast(self.device):
+                outputs.append(step.validation_step(batch, self.device))
+        return {k: float(v) for k, v in step.validation_metrics(outputs).items()}
+
+    def _keep_best(self, step, record: dict, metrics: dict, state: dict) -> None:
+        epoch = record["epoch"]
+        value = metrics.get(self.monitor)
+        if value is None:
+            raise MedsightError(f"early_stopping.metric: {self.monitor!r} is not a validation metric; "
+                                f"available: {', '.join(sorted(metrics))}")
+        if self._better(record, state):
+            state.update(best_value=value, best_loss=record.get("val_loss"), best_epoch=epoch, bad_epochs=0)
+            self._save_weights(step)
+        elif state["best_value"] is None:  # the metric is undefined so far (e.g. one class in validation):
+            state.update(best_epoch=epoch)  # keep the latest weights until it is defined
+            self._save_weights(step)
+            self.console.print(f"[yellow]validation {self.monitor} is undefined at epoch {epoch}; "
+                               "keeping the latest weights (is the validation set too small?)[/yellow]")
+        else:
+            state["bad_epochs"] += 1
+
+    def _save_weights(self, step) -> None:
+        for name, model in step.models.items():
+            save_weights(model.state_dict(), self.folder / f"{name}.safetensors")
+
+    def _save(self, path, step, optimizers, schedulers, state) -> None:
+        save_state({"models": {n: m.state_dict() for n, m in step.models.items()},
+                    "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                    "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                    "loop": state}, path)
+
+    def _resume(self, path, step, optimizers, schedulers) -> dict:
+        saved = load_state(path)
+        if set(saved.get("models", {})) != set(step.models) or set(saved.get("optimizers", {})) != set(optimizers):
+            raise MedsightError(f"{path}: the checkpoint holds other models or optimisers than this stage "
+                                "trains; delete it to start the stage again")
+        for name, model in step.models.items():
+            model.load_state_dict(saved["models"][name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][name])
+            schedulers[name].load_state_dict(saved["schedulers"][name])
+        state = saved["loop"]
+        where = f"after epoch {state['epoch']}" if state["in_epoch"] is None else \
+            f"in epoch {state['epoch'] + 1} after step {state['in_epoch']['done']}"
+        self.console.print(f"resuming {self.folder} {where}")
+        return state
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

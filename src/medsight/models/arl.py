@@ -42,7 +42,7 @@ import torch
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck
 from torch import nn
 
-from medsight.models import register_model
+from medsight.models.registry import register_model
 from medsight.models.resnet import ResNetClassifier
 
 SOFTMAX_MODES = ("channel", "spatial")
@@ -195,4 +195,4 @@ def _builder(name: str):
 
 
 for _name in ARL_LAYOUTS:
-    register_model(_name)(_builder(_name))
+    register_model(_builder(_name))

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsight.models import create_model, register_model
+from medsight.models.registry import create_model, register_model
 
 NORMALISE = ("softmax", "sigmoid")
 COMBINE = ("logits", "probabilities")
@@ -154,7 +154,7 @@ class ChestNet(nn.Module):
         self.num_classes = num_classes
 
 
-@register_model("chestnet")
+@register_model
 def chestnet(in_channels: int = 1, num_classes: int = 14, spatial_dims: int = 2, **options) -> ChestNet:
     return ChestNet(in_channels, num_classes, spatial_dims, **options)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medsight.models import create_model, register_model
+from medsight.models.registry import create_model, register_model
 
 
 class MultiView(nn.Module):
@@ -41,7 +41,7 @@ class MultiView(nn.Module):
         self.backbone.reset_classifier(num_classes)
 
 
-@register_model("multiview")
+@register_model
 def multiview(in_channels: int = 9, num_classes: int = 2, views: int = 9, backbone: str = "resnet18",
               spatial_dims: int = 2, **backbone_options) -> MultiView:
     if spatial_dims != 2:

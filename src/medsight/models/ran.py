@@ -48,7 +48,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from monai.networks.nets.resnet import ResNetBottleneck
 from torch import nn
 
-from medsight.models import register_model
+from medsight.models.registry import register_model
 from medsight.models.resnet import ResNetClassifier
 
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -158,7 +158,7 @@ class ResidualAttentionNet(ResNetClassifier):
         self.mask_levels = levels
 
 
-@register_model("ran14")
+@register_model
 def ran14(in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2, mask_levels=(2, 1, 1, 0),
           mask_upsample: str = "linear", **options) -> ResidualAttentionNet:
     """RAN14: ResNet14's trunk, attention modules in stages 1-3; see :mod:`medsight.models.ran`."""

@@ -11,7 +11,7 @@ import torch
 from monai.networks.nets import ResNet
 from torch import nn
 
-from medsight.models import register_model
+from medsight.models.registry import register_model
 
 LAYOUTS = {
     "resnet14": ("bottleneck", [1, 1, 1, 1]),  # ARL-CNN14's baseline: stem + 4 bottlenecks + FC
@@ -63,4 +63,4 @@ def _builder(name: str):
 
 
 for _name in LAYOUTS:
-    register_model(_name)(_builder(_name))
+    register_model(_builder(_name))

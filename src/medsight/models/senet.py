@@ -18,7 +18,7 @@ import torch
 from monai.networks.blocks import ChannelSELayer
 from monai.networks.nets.resnet import ResNetBottleneck
 
-from medsight.models import register_model
+from medsight.models.registry import register_model
 from medsight.models.arl import block_with
 from medsight.models.resnet import ResNetClassifier
 
@@ -70,4 +70,4 @@ def _builder(name: str):
 
 
 for _name in SE_LAYOUTS:
-    register_model(_name)(_builder(_name))
+    register_model(_builder(_name))

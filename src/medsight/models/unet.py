@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from monai.networks.nets import UNet
 
-from medsight.models import register_model
+from medsight.models.registry import register_model
 
 
-@register_model("unet")
+@register_model
 def unet(in_channels: int = 3, num_classes: int = 1, spatial_dims: int = 2,
          channels: tuple[int, ...] = (16, 32, 64, 128, 256), num_res_units: int = 2,
          norm: str = "batch", dropout: float = 0.0) -> UNet:

@@ -1,21 +1,57 @@
-"""Recipes: turn a config into model + data + loop, and expose train / predict / evaluate."""
+"""Recipes: one module per method, each a config schema and a class of the :class:`Recipe`
+protocol (:mod:`medsight.recipes.interface`). The list of recipes lives here, once."""
 
-from medsight.recipes.base import Predictions, Recipe
-from medsight.recipes.classification import ClassificationRecipe
-from medsight.recipes.descriptors import DescriptorRecipe, FuseTSDRecipe
-from medsight.recipes.fgfv import FisherRecipe
-from medsight.recipes.multilabel import MultilabelRecipe
-from medsight.recipes.segmentation import SegmentationRecipe
+from __future__ import annotations
 
-RECIPES: dict[str, type[Recipe]] = {
-    "classification": ClassificationRecipe,
-    "segmentation": SegmentationRecipe,
-    "multilabel": MultilabelRecipe,
-    "descriptors": DescriptorRecipe,
-    "fuse_tsd": FuseTSDRecipe,
-    "fgfv": FisherRecipe,
-}
+from pathlib import Path
+from typing import Annotated, Union
 
-__all__ = ["RECIPES", "Recipe", "Predictions", "ClassificationRecipe", "SegmentationRecipe",
-           "MultilabelRecipe",
-           "DescriptorRecipe", "FuseTSDRecipe", "FisherRecipe"]
+from pydantic import Field, TypeAdapter
+from rich.console import Console
+
+from medsight.config import RecipeConfig, raw_config, validated
+from medsight.errors import ConfigError
+from medsight.recipes.classification import Classification
+from medsight.recipes.descriptors import Descriptors
+from medsight.recipes.fgfv import Fisher
+from medsight.recipes.fuse_tsd import FuseTSD
+from medsight.recipes.interface import Predictions, Recipe
+from medsight.recipes.multilabel import Multilabel
+from medsight.recipes.segmentation import Segmentation
+from medsight.rundir import CONFIG_FILE, RunDir
+
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classification, Multilabel, Descriptors,
+                                                          FuseTSD, Fisher)}
+_SCHEMA = TypeAdapter(Annotated[Union[tuple(r.Config for r in RECIPES.values())], Field(discriminator="recipe")])
+
+
+def parse_config(raw: dict, source: str = "config") -> RecipeConfig:
+    """``raw`` validated with the schema of the recipe it names."""
+    if isinstance(raw, dict) and raw.get("recipe") not in RECIPES:
+        got = "no recipe" if "recipe" not in raw else f"recipe {raw['recipe']!r}"
+        raise ConfigError(f"{source}: recipe: {got}; choose from {', '.join(RECIPES)}")
+    return validated(_SCHEMA, raw, source)
+
+
+def load_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,
+                data: str | None = None, seed: int | None = None) -> RecipeConfig:
+    """Read a config file, apply ``--set`` overrides and the dedicated flags, validate."""
+    raw = raw_config(path, overrides, epochs=epochs, data=data, seed=seed)
+    if epochs is not None and raw.get("recipe") in RECIPES and "train" not in RECIPES[raw["recipe"]].Config.model_fields:
+        raise ConfigError(f"--epochs: the {raw['recipe']} recipe trains no network")
+    return parse_config(raw, str(path))
+
+
+def recipe_for(cfg: RecipeConfig, console: Console | None = None) -> Recipe:
+    return RECIPES[cfg.recipe](cfg, console)
+
+
+def load_recipe(run_dir: str | Path, device: str = "auto", console: Console | None = None) -> Recipe:
+    """The recipe of the finished run in ``run_dir``, with its fitted state read back."""
+    run = RunDir(run_dir)
+    run.finished_record()
+    cfg = parse_config(run.read_config(), str(run.path / CONFIG_FILE))
+    return recipe_for(cfg, console).restore(run, device)
+
+
+__all__ = ["RECIPES", "Predictions", "Recipe", "load_config", "load_recipe", "parse_config", "recipe_for"]

@@ -1,24 +1,50 @@
-"""Image classification: one label per case from a softmax (binary or multi-class tasks)."""
+"""Image classification: one label per case from a softmax (binary or multi-class tasks).
+
+One network stage (``network``): a registry classifier (``model``) trained from scratch with
+cross-entropy on the labelled cases outside an official test split.
+
+- the network and its options: ``model.name``, ``model.options`` (``spatial_dims`` follows the data)
+- class-weighted cross-entropy: ``train.class_weights: balanced``
+- augmentation: ``augment.*``; the loop: ``train.*`` (optimiser, schedule, ``early_stopping``)
+- the best epoch: validation AUC (binary), BMA (multi-class) or, with ``predict.one_vs_rest``,
+  the mean one-vs-rest AUC, unless ``train.early_stopping.metric`` names another
+- test-time averaging: ``predict.tta`` (flips), ``predict.crops: 9`` (a 3x3 grid of crops of side
+  ``predict.crop_fraction``, ARL-CNN's 9-crop testing)
+- the ISIC-2017 protocol: ``predict.one_vs_rest: [melanoma, seborrheic_keratosis]`` reports
+  "<class> AUC / ACC / SEN / SPE" per listed class and "mean AUC" from the one 3-class softmax
+- the decision: ``predict.threshold`` on the positive class (binary), the argmax otherwise
+- ``predict --maps cam|gradcam|gradcam++``: each case's map of its predicted class
+- files: ``model.safetensors``, ``history.csv``, ``training_curves.png``, ``validation_roc.png``
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
+from medsight.config import NetworkConfig, PredictConfig
 from medsight.data.base import Dataset, Task
-from medsight.engine import TrainingModule
+from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.metrics import binary_metrics, multiclass_metrics
-from medsight.models import create_model
-from medsight.recipes.base import Predictions, Recipe
-from medsight.recipes.prepare import Loaded, batch_indices
-from medsight.transforms.augment import grid_crops
-
+from medsight.recipes.common import (finish_run, label_stratum, labelled_cases, load_cases, prepare_training,
+                                     start_run)
+from medsight.recipes.interface import CAM_METHODS, Predictions
+from medsight.recipes.network import (build_network, class_weights, crop_average, fit_network, flip_average,
+                                      make_optimizer, network_outputs, restore_network, write_class_maps)
+from medsight.rundir import RunDir, RunRecord
 
 OVR_METRICS = ("AUC", "ACC", "SEN", "SPE")  # reported per one-vs-rest class, as in the ISIC-2017 tables
+
+
+class ClassificationConfig(NetworkConfig):
+    recipe: Literal["classification"]
 
 
 def task_metrics(task: Task, y: np.ndarray, proba: np.ndarray, threshold: float,
@@ -39,24 +65,42 @@ def task_metrics(task: Task, y: np.ndarray, proba: np.ndarray, threshold: float,
     return out
 
 
-class ClassifierModule(TrainingModule):
+def one_vs_rest_classes(listed: list[str] | None, task: Task) -> list[str] | None:
+    """``predict.one_vs_rest``, checked against the task."""
+    if listed and task.is_binary:
+        raise ConfigError("predict.one_vs_rest: the task is already binary")
+    unknown = set(listed or ()) - set(task.classes)
+    if unknown:
+        raise ConfigError(f"predict.one_vs_rest: {sorted(unknown)} are not classes of task {task.name!r} "
+                          f"({', '.join(task.classes)})")
+    return listed
+
+
+class ClassifierStep:
+    """Cross-entropy (optionally class-weighted) on each batch; validation scores the softmax."""
+
     monitor, monitor_mode = "AUC", "max"
 
-    def __init__(self, model, task: Task, class_weight: torch.Tensor | None, threshold: float,
-                 one_vs_rest: list[str] | None = None):
-        super().__init__(model)
-        self.task, self.class_weight, self.threshold = task, class_weight, threshold
-        self.one_vs_rest = one_vs_rest
+    def __init__(self, model, task: Task, weight: torch.Tensor | None, threshold: float,
+                 one_vs_rest: list[str] | None, optimizer):
+        self.models = {"model": model}
+        self.task, self.weight, self.threshold, self.one_vs_rest = task, weight, threshold, one_vs_rest
+        self.make_optimizer = optimizer
         if one_vs_rest:
             self.monitor = "mean AUC"
 
-    def training_step(self, batch, device):
-        logits = self.model(batch["x"].to(device))
-        weight = None if self.class_weight is None else self.class_weight.to(device)
-        return F.cross_entropy(logits.float(), batch["y"].to(device), weight=weight)
+    def optimizers(self):
+        return {"model": self.make_optimizer(self.models["model"].parameters())}
+
+    def train_step(self, batch, ctx):
+        logits = self.models["model"](batch["x"].to(ctx.device))
+        weight = None if self.weight is None else self.weight.to(ctx.device)
+        loss = F.cross_entropy(logits.float(), batch["y"].to(ctx.device), weight=weight)
+        ctx.update(loss)
+        return {"loss": loss}
 
     def validation_step(self, batch, device):
-        logits = self.model(batch["x"].to(device)).float()
+        logits = self.models["model"](batch["x"].to(device)).float()
         y = batch["y"].to(device)
         return logits.softmax(1).cpu(), y.cpu(), F.cross_entropy(logits, y, reduction="sum").item()
 
@@ -67,100 +111,107 @@ class ClassifierModule(TrainingModule):
         return {"val_loss": sum(o[2] for o in outputs) / max(len(y), 1), **metrics}
 
 
-class ClassificationRecipe(Recipe):
-    kind = "classification"
+class Classification:
+    name = "classification"
+    Config = ClassificationConfig
+    needs_masks = False
+    map_methods = CAM_METHODS
 
-    def labelled(self, dataset: Dataset, task: Task | None):
-        if task is None:
-            raise InputError(dataset.root, "has no labels, so a classifier cannot be trained on it")
-        return [s for s in dataset.samples if s.diagnosis is not None and s.split != "test"]
+    def __init__(self, cfg: ClassificationConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
 
-    def build_model(self, in_channels: int):
-        return create_model(self.network.name, in_channels=in_channels, num_classes=len(self.task.classes),
-                            **self.model_options())
+    # -- training ------------------------------------------------------------------------------
+    def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
+        from medsight.report import plot_roc  # matplotlib: only when training
 
-    def training_module(self, model, train: Loaded):
-        weight = None
-        if self.cfg.train.class_weights == "balanced":
-            counts = torch.bincount(train.labels, minlength=len(self.task.classes)).float()
-            weight = counts.sum() / (len(counts) * counts.clamp_min(1))
-        return ClassifierModule(model, self.task, weight, self.cfg.predict.threshold, self.one_vs_rest())
+        cfg = self.cfg
+        self.device_ = select_device(device)
+        resuming = run.resumable(cfg.to_dict())
+        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, False, self.console)
+        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
+        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        self.model_ = build_network(cfg, record.input, len(data.task.classes))
+        weight = class_weights(data.train.labels, len(data.task.classes)) \
+            if cfg.train.class_weights == "balanced" else None
+        step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
+                              lambda params: make_optimizer(cfg.train, params))
+        record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
+                             callbacks)
+        self.model_.eval()
+        val_proba = network_outputs(data.val, record.input, self.forward, self.device_, cfg.train.batch_size)
+        plot_roc(data.task, data.val.labels.numpy(), val_proba.numpy(), run.path / "validation_roc.png")
+        stage = record.stage("network")
+        self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
+                                  self.device_, self.console)
+        return self.record_
 
-    def one_vs_rest(self) -> list[str] | None:
-        listed = self.cfg.predict.one_vs_rest
-        if listed and self.task.is_binary:
-            raise ConfigError("predict.one_vs_rest: the task is already binary")
-        unknown = set(listed or ()) - set(self.task.classes)
-        if unknown:
-            raise ConfigError(f"predict.one_vs_rest: {sorted(unknown)} are not classes of task {self.task.name!r} "
-                              f"({', '.join(self.task.classes)})")
-        return listed
+    def restore(self, run: RunDir, device: str = "auto") -> Classification:
+        self.device_ = select_device(device)
+        self.record_ = run.finished_record()
+        model = build_network(self.cfg, self.record_.input, len(self.record_.task.classes))
+        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        return self
 
-    def forward(self, x):
-        predict = self.cfg.predict
-        probs = lambda t: self.tta(t, lambda u: self.model(u).float().softmax(1))  # noqa: E731
-        if predict.crops == 1:
-            return probs(x)
-        return torch.stack([probs(c) for c in grid_crops(x, predict.crop_fraction)]).mean(0)
+    # -- predicting ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a normalised batch, averaged over flips and crops as configured."""
+        p = self.cfg.predict
+        probs = lambda t: flip_average(t, lambda u: self.model_(u).float().softmax(1), p.tta)  # noqa: E731
+        return crop_average(x, probs, p.crops, p.crop_fraction)
 
-    def reported(self) -> list[str]:
-        """The classes with a p_<class> column: the positive class of a binary task, the
-        predict.one_vs_rest classes when set, every class otherwise."""
-        if self.task.is_binary:
-            return [self.task.positive]
-        return self.one_vs_rest() or list(self.task.classes)
+    def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
+        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks, self.console)
+        self.model_.eval()
+        return Predictions(loaded, network_outputs(loaded, self.record_.input, self.forward, self.device_),
+                           rejected, dataset)
 
-    def decide(self, proba: np.ndarray) -> np.ndarray:
-        if self.task.is_binary:
-            return (proba[:, 1] >= self.cfg.predict.threshold).astype(int)
-        return proba.argmax(1)
+    def rows(self, preds: Predictions) -> list[dict]:
+        return class_rows(self.record_.task, preds, self.cfg.predict)
 
-    def rows(self, preds: Predictions):
-        proba = preds.outputs.numpy()
-        decided = self.decide(proba) if len(proba) else []
-        classes = self.task.classes
-        columns = [(f"p_{c}", classes.index(c)) for c in self.reported()]
-        return [{"id": case, **{name: round(float(proba[i, k]), 6) for name, k in columns},
-                 "pred": classes[decided[i]]} for i, case in enumerate(preds.loaded.ids)]
-
-    maps: str | None = None  # set by `predict --maps METHOD`: cam, gradcam or gradcam++
-
-    def write_extra(self, preds: Predictions, out_dir: Path) -> None:
-        """With ``maps`` set: the class activation map of the predicted class of each case, at its
-        input image's size, in maps/<id>.png, and blended over the image in overlays/<id>.png."""
-        if not self.maps:
-            return
-        from medsight.explain import MapWriter, class_maps
-
-        if self.cfg.data.preprocess != "resize":
-            raise ConfigError(f"--maps: maps are drawn back onto 2D images; the {self.cfg.data.preprocess!r} "
-                              "preprocessor does not map its input back to the original")
-        writer = MapWriter(out_dir)
-        by_id = {s.id: s for s in preds.dataset.samples}
-        for batch_ids, batch in zip(batch_indices(len(preds.loaded.ids), 32), self.eval_batches(preds.loaded, 32)):
-            maps = class_maps(self.model, batch["x"].to(self.device), self.maps).cpu().numpy()
-            for i, m in zip(batch_ids.tolist(), maps):
-                case = preds.loaded.ids[i]
-                writer.write(case, by_id[case].load_image(), m)
+    def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
+        if maps:
+            write_class_maps(self.model_, preds.loaded, self.record_.input, preds.dataset, folder, maps,
+                             self.device_, self.cfg.data.preprocess)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
-        by_id = {s.id: s for s in dataset.samples}
-        keep = [i for i, c in enumerate(preds.loaded.ids) if by_id[c].diagnosis is not None]
-        if not keep:
-            raise InputError(dataset.root, "no labelled cases to evaluate")
-        unknown = {by_id[preds.loaded.ids[i]].diagnosis for i in keep} - set(self.task.mapping)
-        if unknown:
-            raise InputError(dataset.root, f"labels {sorted(unknown)} are not classes of task {self.task.name!r}")
-        y = np.array([self.task.label_of(by_id[preds.loaded.ids[i]].diagnosis) for i in keep])
-        proba = preds.outputs.numpy()[keep]
-        return {"n": len(keep), "metrics": task_metrics(self.task, y, proba, self.cfg.predict.threshold,
-                                                         self.one_vs_rest())}
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
 
-    def val_figures(self, val: Loaded, run_dir: Path) -> None:
-        from medsight.report import plot_roc
 
-        batches = list(self.eval_batches(val))
-        with torch.no_grad():
-            self.model.eval()
-            proba = torch.cat([self.forward(b["x"].to(self.device)).float().cpu() for b in batches]).numpy()
-        plot_roc(self.task, val.labels.numpy(), proba, run_dir / "validation_roc.png")
+# -- what every recipe with one label per case writes and reports (the descriptor recipes too) -----
+def class_rows(task: Task, preds: Predictions, predict: PredictConfig) -> list[dict]:
+    """predictions.csv rows: ``id``, ``p_<class>`` for the positive class of a binary task (the
+    one-vs-rest classes, or every class, otherwise) and ``pred``: the positive class when its
+    probability reaches ``predict.threshold`` (binary), the most probable class otherwise."""
+    proba = preds.outputs.numpy()
+    if task.is_binary:
+        reported = [task.positive]
+        decided = (proba[:, 1] >= predict.threshold).astype(int) if len(proba) else []
+    else:
+        reported = one_vs_rest_classes(predict.one_vs_rest, task) or list(task.classes)
+        decided = proba.argmax(1) if len(proba) else []
+    columns = [(f"p_{c}", task.classes.index(c)) for c in reported]
+    return [{"id": case, **{name: round(float(proba[i, k]), 6) for name, k in columns},
+             "pred": task.classes[decided[i]]} for i, case in enumerate(preds.loaded.ids)]
+
+
+def evaluate_classes(task: Task, dataset: Dataset, preds: Predictions, predict: PredictConfig) -> dict:
+    """The task's metrics on the predicted cases that carry a label."""
+    y, proba, n = labelled_outputs(dataset, preds, task)
+    return {"n": n, "metrics": task_metrics(task, y, proba, predict.threshold,
+                                            one_vs_rest_classes(predict.one_vs_rest, task))}
+
+
+def labelled_outputs(dataset: Dataset, preds: Predictions, task: Task) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, outputs, count) of the predicted cases that carry a label of ``task``."""
+    by_id = {s.id: s for s in dataset.samples}
+    keep = [i for i, c in enumerate(preds.loaded.ids) if by_id[c].diagnosis is not None]
+    if not keep:
+        raise InputError(dataset.root, "no labelled cases to evaluate")
+    unknown = {by_id[preds.loaded.ids[i]].diagnosis for i in keep} - set(task.mapping)
+    if unknown:
+        raise InputError(dataset.root, f"labels {sorted(unknown)} are not classes of task {task.name!r}")
+    y = np.array([task.label_of(by_id[preds.loaded.ids[i]].diagnosis) for i in keep])
+    return y, preds.outputs.numpy()[keep], len(keep)

@@ -1,163 +1,235 @@
 """Fisher-vector classification (Pan et al., IEEE TIP 2019): FV, IFV or the foreground FV.
 
-1. A CNN (``model``) is trained here as a classifier (``train``, ``augment``), or its weights are
-   read from a local file (``features.fisher.cnn_weights``: our safetensors, or torchvision / timm
-   ImageNet weights), in which case it is not trained.
-2. Local descriptors: the cells of its last feature map, each L2-normalised, at each of the
-   input ``scales`` (the image resized by that factor; the author code used up to 13 scales).
-3. A diagonal GMM on the training descriptors and the chosen ``encoding``: ``fv`` (mean and
-   variance gradients), ``ifv`` (plus signed square root and L2 normalisation) or ``fgfv`` (IFV
-   with per-component weights learnt to maximise a linear classifier's validation accuracy,
-   pruning background descriptors and re-estimating).
-4. A linear SVM on the codes (``head``, C = 10 as the author code).
+Two stages on whole images (no masks needed):
+
+1. ``cnn``: a CNN (``model``) trained here as a classifier (``train``, ``augment``), or read from
+   a local file (``features.fisher.cnn_weights``: our safetensors, or torchvision / timm ImageNet
+   weights), in which case it is not trained.
+2. ``descriptors``: the local descriptors of a case are the cells of the CNN's last feature map,
+   each L2-normalised, at each of the input ``scales`` (the image resized by that factor; the
+   author code used up to 13 scales). A diagonal GMM on the training descriptors and the chosen
+   ``encoding``: ``fv`` (mean and variance gradients), ``ifv`` (plus signed square root and L2
+   normalisation) or ``fgfv`` (IFV with per-component weights learnt to maximise a linear
+   classifier's validation accuracy, pruning background descriptors and re-estimating). Then a
+   linear SVM on the codes (``head``, C = 10 as the author code).
 
 With ``fgfv``, ``predict`` writes each case's membership map (how much each place belongs to the
 class-relevant foreground, from the scale-1 descriptor grid) to ``maps/<id>.png`` and its overlay
 to ``overlays/<id>.png``.
 
-Fitted state (network weights, GMM, component weights, SVM) is stored as arrays in safetensors.
+Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
+``heads.safetensors`` (the GMM, component weights and SVM as arrays), ``validation_roc.png``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import load_file
+from pydantic import Field, field_validator
+from rich.console import Console
 
-from medsight.errors import ConfigError, InputError
-from medsight.recipes.base import Predictions, Recipe
-from medsight.recipes.descriptors import HEADS_FILE, DescriptorRecipe
+from medsight.config import HeadConfig, NetworkConfig, Section
+from medsight.data.base import Dataset
+from medsight.engine import select_device
+from medsight.errors import FeatureError, InputError
+from medsight.features import fisher
+from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
+                                             one_vs_rest_classes)
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
+from medsight.recipes.interface import Predictions
+from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
+                                      read_network, restore_network)
 from medsight.recipes.prepare import Loaded
+from medsight.rundir import RunDir, RunRecord
 
-ENCODINGS = ("fv", "ifv", "fgfv")
-FISHER_DEFAULTS = {"encoding": "fgfv", "n_components": 64, "scales": [1.0], "cnn_weights": None}
+ENCODERS = {"FisherVector": fisher.FisherVector, "ForegroundFisherVector": fisher.ForegroundFisherVector}
 
 
-class FisherRecipe(DescriptorRecipe):
-    kind = "fgfv"
-    learnt = ("fisher",)
-    need_masks = False  # descriptors come from the whole image
+class FisherFeatures(Section):
+    """``features.fisher``. The encoder settings left None take the encoder's own defaults
+    (:mod:`medsight.features.fisher`); the last group is the foreground FV's alone."""
 
-    def __init__(self, cfg, console=None):
-        super().__init__(cfg, console)
-        self.encoder = None
-        self._train_descriptors = None
+    encoding: Literal["fv", "ifv", "fgfv"] = "fgfv"
+    n_components: int = Field(64, ge=1)
+    scales: list[float] = Field(default_factory=lambda: [1.0])
+    cnn_weights: str | None = None  # read the CNN from this file instead of training it
+    max_descriptors: int | None = None
+    reg_covar: float | None = None
+    max_iter: int | None = None
+    min_posterior: float | None = None
+    C: float | None = None
+    val_fraction: float | None = None
+    steps: int | None = None
+    lrs: list[float] | None = None
+    prune_threshold: float | None = None
+    iterations: int | None = None
+    rounds: int | None = None
+    svm_refits: int | None = None
 
-    def fisher_options(self) -> tuple[dict, dict]:
-        """(recipe options, encoder options) of ``features.fisher``."""
-        options = {**FISHER_DEFAULTS, **(self.cfg.features.get("fisher") or {})}
-        if options["encoding"] not in ENCODINGS:
-            raise ConfigError(f"features.fisher.encoding: choose from {', '.join(ENCODINGS)}, "
-                              f"got {options['encoding']!r}")
-        own = {k: options.pop(k) for k in FISHER_DEFAULTS}
-        return own, options
-
-    def validate(self) -> None:
-        super().validate()
-        self.new_encoder()
-        weights = self.fisher_options()[0]["cnn_weights"]
-        if weights and not Path(weights).is_file():
-            raise InputError(weights, "features.fisher.cnn_weights: file not found")
-
-    def new_encoder(self):
-        from medsight.features.fisher import FisherVector, ForegroundFisherVector
-
-        own, options = self.fisher_options()
-        params = {"n_components": own["n_components"], "random_state": self.cfg.seed, **options}
-        if own["encoding"] == "fgfv":
-            cls = ForegroundFisherVector
-        else:
-            cls, params["improved"] = FisherVector, own["encoding"] == "ifv"
+    def encoder(self, seed: int):
+        own = {"encoding", "n_components", "scales", "cnn_weights"}
+        params = {"n_components": self.n_components, "random_state": seed,
+                  **{k: v for k, v in self.model_dump().items() if k not in own and v is not None}}
+        if self.encoding == "fgfv":
+            return fisher.ForegroundFisherVector(**params)
         try:
-            return cls(**params)
+            return fisher.FisherVector(**params, improved=self.encoding == "ifv")
         except TypeError as exc:
-            raise ConfigError(f"features.fisher: {exc}") from None
+            raise ValueError(f"fisher: {exc} (an option of the foreground FV only)") from None
 
-    # -- local descriptors ---------------------------------------------------------------------
-    @torch.no_grad()
-    def local_descriptors(self, loaded: Loaded) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
-        """Per case: its L2-normalised feature-map cells over all scales (T, C), and the grid
-        shape of the first scale (whose cells come first)."""
-        scales = self.fisher_options()[0]["scales"]
-        self.model.eval()
-        per_case: list[list[np.ndarray]] = [[] for _ in loaded.ids]
-        grids: list[tuple[int, int]] = []
-        start = 0
-        for batch in self.eval_batches(loaded, batch_size=32):
-            x = batch["x"].to(self.device)
-            for s, scale in enumerate(scales):
-                xs = x if scale == 1 else F.interpolate(x, scale_factor=float(scale), mode="bilinear",
-                                                        align_corners=False)
-                maps = self.model.forward_features(xs).float()
-                if s == 0:
-                    grids += [tuple(maps.shape[2:])] * len(x)
-                cells = F.normalize(maps.flatten(2).transpose(1, 2), dim=2).cpu().numpy().astype(np.float64)
-                for i, c in enumerate(cells):
-                    per_case[start + i].append(c)
-            start += len(x)
-        return [np.concatenate(parts) for parts in per_case], grids
 
-    # -- training --------------------------------------------------------------------------------
-    def fit_learnt(self, run_dir, train, val, callbacks=()):
-        weights = self.fisher_options()[0]["cnn_weights"]
-        if weights:
-            history = self.read_cnn(run_dir, Path(weights), train.images.shape[1])
+class FisherConfig(NetworkConfig):
+    recipe: Literal["fgfv"]
+    features: dict[str, Any] = Field(default_factory=dict)  # fisher: FisherFeatures
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("features")
+    @classmethod
+    def _typed_features(cls, features):
+        typed = typed_features(features, learnt={"fisher": FisherFeatures})
+        unknown = set(typed) - {"fisher"}
+        if unknown:
+            raise ValueError(f"{sorted(unknown)}: the fgfv recipe encodes its CNN's features alone")
+        typed.get("fisher", FisherFeatures()).encoder(0)  # an option the encoder does not take fails here
+        return typed
+
+    @field_validator("head")
+    @classmethod
+    def _head_options(cls, head):
+        return check_head(head)
+
+    @property
+    def fisher(self) -> FisherFeatures:
+        return self.features.get("fisher") or FisherFeatures()
+
+
+@torch.no_grad()
+def local_descriptors(model, loaded: Loaded, info, scales: list[float], device
+                      ) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Per case: its L2-normalised feature-map cells over all scales (T, C), and the grid shape of
+    the first scale (whose cells come first)."""
+    model.eval()
+    per_case: list[list[np.ndarray]] = [[] for _ in loaded.ids]
+    grids: list[tuple[int, int]] = []
+    start = 0
+    for batch in eval_batches(loaded, info, 32):
+        x = batch["x"].to(device)
+        for s, scale in enumerate(scales):
+            xs = x if scale == 1 else F.interpolate(x, scale_factor=float(scale), mode="bilinear", align_corners=False)
+            maps = model.forward_features(xs).float()
+            if s == 0:
+                grids += [tuple(maps.shape[2:])] * len(x)
+            cells = F.normalize(maps.flatten(2).transpose(1, 2), dim=2).cpu().numpy().astype(np.float64)
+            for i, c in enumerate(cells):
+                per_case[start + i].append(c)
+        start += len(x)
+    return [np.concatenate(parts) for parts in per_case], grids
+
+
+class Fisher:
+    name = "fgfv"
+    Config = FisherConfig
+    needs_masks = False
+    map_methods = ()  # fgfv's membership maps are always written
+
+    def __init__(self, cfg: FisherConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+
+    def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
+        from medsight.report import plot_roc  # matplotlib: only when training
+
+        cfg, opts = self.cfg, self.cfg.fisher
+        if opts.cnn_weights and not Path(opts.cnn_weights).is_file():
+            raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: file not found")
+        self.device_ = select_device(device)
+        resuming = run.resumable(cfg.to_dict())
+        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, False, self.console)
+        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
+        self.record_ = record = start_run(run, cfg, self.name, data, resuming, self.console)
+        started = time.perf_counter()
+
+        torch.manual_seed(cfg.seed)
+        self.model_ = build_network(cfg, record.input, len(data.task.classes))
+        if opts.cnn_weights:
+            record = read_network(run, record, "cnn", self.model_, Path(opts.cnn_weights), self.device_, self.console)
         else:
-            history = Recipe.fit(self, run_dir, train, val, callbacks)
-        descriptors, _ = self.local_descriptors(train)
-        self._train_descriptors = (train, descriptors)  # describe(train) follows: one CNN pass, not two
-        self.encoder = self.new_encoder()
-        own = self.fisher_options()[0]
-        self.console.print(f"fitting the {own['encoding']} encoder ({own['n_components']} components) on "
+            weight = class_weights(data.train.labels, len(data.task.classes)) \
+                if cfg.train.class_weights == "balanced" else None
+            step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
+                                  lambda params: make_optimizer(cfg.train, params))
+            record = fit_network(run, record, "cnn", step, data.train, data.val, cfg, self.device_, self.console,
+                                 callbacks)
+
+        descriptors, _ = self.local_descriptors(data.train)
+        self.encoder_ = opts.encoder(cfg.seed)
+        self.console.print(f"fitting the {opts.encoding} encoder ({opts.n_components} components) on "
                            f"{sum(len(d) for d in descriptors)} descriptors of {len(descriptors)} cases")
-        if own["encoding"] == "fgfv":
-            self.encoder.fit(descriptors, train.labels.numpy())
+        y = data.train.labels.numpy()
+        if opts.encoding == "fgfv":  # the foreground weights are learnt for the labels
+            self.encoder_.fit(descriptors, y)
         else:
-            self.encoder.fit(descriptors)
-        return history
+            self.encoder_.fit(descriptors)
+        train = {"fisher": self.encoder_.transform(descriptors)}
+        val = {"fisher": self.encoder_.transform(self.local_descriptors(data.val)[0])}
+        encoder = {"type": type(self.encoder_).__name__, "params": self.encoder_.get_params()}
+        record, self.heads_, val_proba = descriptor_stage(
+            run, record, "descriptors", cfg.head, train, y, val, data.val.labels.numpy(), cfg.predict, self.console,
+            fitted={"encoder": encoder}, arrays={f"encoder.{k}": v for k, v in self.encoder_.get_state().items()})
+        plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
+        self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
+                                  time.perf_counter() - started, self.device_, self.console)
+        return self.record_
 
-    def describe(self, loaded: Loaded) -> dict[str, np.ndarray]:
-        cached, self._train_descriptors = self._train_descriptors, None
-        descriptors = cached[1] if cached and cached[0] is loaded else self.local_descriptors(loaded)[0]
-        return {"fisher": self.encoder.transform(descriptors)}
+    def local_descriptors(self, loaded: Loaded):
+        return local_descriptors(self.model_, loaded, self.record_.input, self.cfg.fisher.scales, self.device_)
 
-    def fitted_state(self) -> dict[str, np.ndarray]:
-        self.run_info["encoder"] = {"type": type(self.encoder).__name__, "params": self.encoder.get_params()}
-        return {**super().fitted_state(), **{f"encoder.{k}": v for k, v in self.encoder.get_state().items()}}
+    def restore(self, run: RunDir, device: str = "auto") -> Fisher:
+        self.device_ = select_device(device)
+        self.record_ = run.finished_record()
+        model = build_network(self.cfg, self.record_.input, len(self.record_.task.classes))
+        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        self.heads_, arrays = read_stage(run, self.record_, "descriptors", self.cfg.head)
+        info = self.record_.stage("descriptors").fitted.get("encoder", {})
+        if info.get("type") not in ENCODERS:
+            raise InputError(run.path / "run.json", f"unknown encoder type {info.get('type')!r}")
+        state = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("encoder.")}
+        try:
+            self.encoder_ = ENCODERS[info["type"]].from_state(info["params"], state)
+        except (FeatureError, ValueError) as exc:
+            raise InputError(run.path / "heads.safetensors", f"encoder: {exc}") from None
+        return self
 
-    def restore(self, run_dir: Path) -> None:
-        from medsight.features import fisher
+    def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
+        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks, self.console)
+        if not loaded.ids:
+            return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
+        codes = {"fisher": self.encoder_.transform(self.local_descriptors(loaded)[0])}
+        return Predictions(loaded, torch.from_numpy(self.heads_.predict_proba(codes)), rejected, dataset)
 
-        Recipe.restore(self, run_dir)
-        path = run_dir / HEADS_FILE
-        if path.is_file():
-            arrays = {k.split(".", 1)[1]: v for k, v in load_file(str(path)).items() if k.startswith("encoder.")}
-            info = self.run_info["encoder"]
-            encoders = {"FisherVector": fisher.FisherVector, "ForegroundFisherVector": fisher.ForegroundFisherVector}
-            if info.get("type") not in encoders:
-                raise InputError(run_dir / "run.json", f"unknown encoder type {info.get('type')!r}")
-            try:
-                self.encoder = encoders[info["type"]].from_state(info["params"], arrays)
-            except ValueError as exc:
-                raise InputError(path, f"encoder: {exc}") from None
-        super().restore(run_dir)
+    def rows(self, preds: Predictions) -> list[dict]:
+        return class_rows(self.record_.task, preds, self.cfg.predict)
 
-    # -- maps ------------------------------------------------------------------------------------
-    def write_extra(self, preds: Predictions, out_dir: Path) -> None:
+    def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         """fgFV: each case's membership map at its original size in maps/<id>.png, plus overlays."""
-        if self.fisher_options()[0]["encoding"] != "fgfv":
+        if self.cfg.fisher.encoding != "fgfv":
             return
         from medsight.explain import MapWriter
-        from medsight.features.fisher import membership_map
 
         descriptors, grids = self.local_descriptors(preds.loaded)
-        writer = MapWriter(out_dir)
+        writer = MapWriter(folder)
         by_id = {s.id: s for s in preds.dataset.samples}
         for case, d, grid in zip(preds.loaded.ids, descriptors, grids):
             image = by_id[case].load_image()
             first = d[: grid[0] * grid[1]]  # the scale-1 cells, row-major
-            soft, _ = membership_map(self.encoder.membership(first), grid, image.shape[1:])
+            soft, _ = fisher.membership_map(self.encoder_.membership(first), grid, image.shape[1:])
             writer.write(case, image, soft)
+
+    def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)

@@ -82,14 +82,3 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
     return (x - m) / s
-
-
-def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  drop_last: bool = False) -> list[torch.Tensor]:
-    if n == 0:
-        return []
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    chunks = list(order.split(batch_size))
-    if drop_last and len(chunks) > 1 and len(chunks[-1]) < batch_size:
-        chunks = chunks[:-1]
-    return chunks

@@ -1,39 +1,75 @@
-"""Binary lesion segmentation: one foreground probability per pixel, masks at the input's size."""
+"""Binary lesion segmentation: one foreground probability per pixel, masks at the input's size.
+
+One network stage (``network``): a registry segmenter (``model``, e.g. ``unet``) trained from
+scratch on the cases that have masks, with soft Dice + binary cross-entropy (MONAI's DiceCELoss).
+
+- the network and its options: ``model.name``, ``model.options``; the loop: ``train.*``
+- augmentation: ``augment.*`` (masks follow the geometry)
+- the best epoch: validation JA (mean per-image Jaccard), unless ``train.early_stopping`` says otherwise
+- test-time averaging: ``predict.tta`` (flips, the maps flipped back)
+- the mask: ``predict.threshold`` on the probability, after resizing it to the input image's size
+- files: ``model.safetensors``, ``history.csv``, ``training_curves.png``, ``validation_overlays.png``;
+  ``predict`` writes ``masks/<id>.png`` (uint8 0/255)
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
+from rich.console import Console
 
-from medsight.data.base import Dataset, Task
+from medsight.config import NetworkConfig
+from medsight.data.base import Dataset, Sample, Task
 from medsight.data.imageio import write_png
-from medsight.engine import TrainingModule
+from medsight.engine import select_device
 from medsight.errors import InputError
 from medsight.metrics import segmentation_metrics, summarize_repeats
-from medsight.models import create_model
-from medsight.recipes.base import Predictions, Recipe
-from medsight.recipes.prepare import Loaded
+from medsight.recipes.common import finish_run, label_stratum, load_cases, prepare_training, start_run
+from medsight.recipes.interface import Predictions
+from medsight.recipes.network import (build_network, eval_batches, fit_network, flip_average, make_optimizer,
+                                      network_outputs, restore_network)
+from medsight.rundir import RunDir, RunRecord
 
 SEG_METRICS = ("JA", "DI", "AC", "SE", "SP")
 
 
-class SegmenterModule(TrainingModule):
+class SegmentationConfig(NetworkConfig):
+    recipe: Literal["segmentation"]
+
+
+def cases_with_masks(dataset: Dataset, task: Task | None) -> list[Sample]:
+    samples = [s for s in dataset.samples if s.has_mask and s.split != "test"]
+    if not samples:
+        raise InputError(dataset.root, "has no lesion masks, so a segmenter cannot be trained on it")
+    return samples
+
+
+class SegmenterStep:
+    """Soft Dice + BCE on each batch; validation scores the thresholded masks per image."""
+
     monitor, monitor_mode = "JA", "max"
 
-    def __init__(self, model, threshold: float):
-        super().__init__(model)
-        self.threshold = threshold
-        self.loss = DiceCELoss(sigmoid=True)  # soft Dice + binary cross-entropy
+    def __init__(self, model, threshold: float, optimizer):
+        self.models = {"model": model}
+        self.threshold, self.make_optimizer = threshold, optimizer
+        self.loss = DiceCELoss(sigmoid=True)
 
-    def training_step(self, batch, device):
-        return self.loss(self.model(batch["x"].to(device)).float(), batch["mask"].to(device))
+    def optimizers(self):
+        return {"model": self.make_optimizer(self.models["model"].parameters())}
+
+    def train_step(self, batch, ctx):
+        loss = self.loss(self.models["model"](batch["x"].to(ctx.device)).float(), batch["mask"].to(ctx.device))
+        ctx.update(loss)
+        return {"loss": loss}
 
     def validation_step(self, batch, device):
-        logits = self.model(batch["x"].to(device)).float()
+        logits = self.models["model"](batch["x"].to(device)).float()
         loss = self.loss(logits, batch["mask"].to(device)).item() * len(logits)
         pred = (logits.sigmoid() >= self.threshold).squeeze(1).cpu().numpy()
         truth = batch["mask"].squeeze(1).numpy() > 0
@@ -46,24 +82,58 @@ class SegmenterModule(TrainingModule):
                 **{k: summary[k]["mean"] for k in SEG_METRICS}}
 
 
-class SegmentationRecipe(Recipe):
-    kind = "segmentation"
-    need_masks = True
+class Segmentation:
+    name = "segmentation"
+    Config = SegmentationConfig
+    needs_masks = True
+    map_methods = ()
 
-    def labelled(self, dataset: Dataset, task: Task | None):
-        samples = [s for s in dataset.samples if s.has_mask and s.split != "test"]
-        if not samples:
-            raise InputError(dataset.root, "has no lesion masks, so a segmenter cannot be trained on it")
-        return samples
+    def __init__(self, cfg: SegmentationConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
 
-    def build_model(self, in_channels: int):
-        return create_model(self.network.name, in_channels=in_channels, num_classes=1, **self.model_options())
+    def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
+        from medsight.report import save_overlays  # matplotlib: only when training
 
-    def training_module(self, model, train: Loaded):
-        return SegmenterModule(model, self.cfg.predict.threshold)
+        cfg = self.cfg
+        self.device_ = select_device(device)
+        resuming = run.resumable(cfg.to_dict())
+        data = prepare_training(cfg, self.name, cases_with_masks, label_stratum, True, self.console)
+        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        started = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        self.model_ = build_network(cfg, record.input, 1)
+        step = SegmenterStep(self.model_, cfg.predict.threshold, lambda params: make_optimizer(cfg.train, params))
+        record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
+                             callbacks)
+        self.model_.eval()
+        batch = next(eval_batches(data.val, record.input, 8))
+        with torch.no_grad():
+            prob = self.forward(batch["x"].to(self.device_)).float().cpu()
+        pred = (prob[:, 0] >= cfg.predict.threshold).numpy()
+        save_overlays(data.val.images[:8].numpy(), pred, data.val.masks[:8].numpy(), data.val.ids[:8],
+                      run.path / "validation_overlays.png")
+        stage = record.stage("network")
+        self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
+                                  self.device_, self.console)
+        return self.record_
 
-    def forward(self, x):
-        return self.tta(x, lambda t: self.model(t).float().sigmoid())
+    def restore(self, run: RunDir, device: str = "auto") -> Segmentation:
+        self.device_ = select_device(device)
+        self.record_ = run.finished_record()
+        model = build_network(self.cfg, self.record_.input, 1)
+        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities of a normalised batch, averaged over flips with predict.tta."""
+        return flip_average(x, lambda t: self.model_(t).float().sigmoid(), self.cfg.predict.tta)
+
+    def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
+        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks, self.console)
+        self.model_.eval()
+        return Predictions(loaded, network_outputs(loaded, self.record_.input, self.forward, self.device_),
+                           rejected, dataset)
 
     def full_size_masks(self, preds: Predictions):
         """Each case's mask at its input image's size: probabilities resized, then thresholded."""
@@ -71,15 +141,13 @@ class SegmentationRecipe(Recipe):
             prob = F.interpolate(preds.outputs[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)
             yield preds.loaded.ids[i], (prob[0, 0] >= self.cfg.predict.threshold).numpy()
 
-    def rows(self, preds: Predictions):
-        rows = []
-        for case, mask in self.full_size_masks(preds):
-            rows.append({"id": case, "mask": f"masks/{case}.png", "foreground_fraction": round(float(mask.mean()), 6)})
-        return rows
+    def rows(self, preds: Predictions) -> list[dict]:
+        return [{"id": case, "mask": f"masks/{case}.png", "foreground_fraction": round(float(mask.mean()), 6)}
+                for case, mask in self.full_size_masks(preds)]
 
-    def write_extra(self, preds: Predictions, out_dir: Path) -> None:
+    def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         for case, mask in self.full_size_masks(preds):
-            write_png(out_dir / "masks" / f"{case}.png", mask.astype(np.uint8) * 255)
+            write_png(folder / "masks" / f"{case}.png", mask.astype(np.uint8) * 255)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
         by_id = {s.id: s for s in dataset.samples}
@@ -93,14 +161,3 @@ class SegmentationRecipe(Recipe):
         summary = summarize_repeats(per_image)
         return {"n": len(per_image), "metrics": {k: summary[k]["mean"] for k in SEG_METRICS},
                 "std": {k: summary[k]["std"] for k in SEG_METRICS}}
-
-    def val_figures(self, val: Loaded, run_dir: Path) -> None:
-        from medsight.report import save_overlays
-
-        with torch.no_grad():
-            self.model.eval()
-            batch = next(self.eval_batches(val, batch_size=8))
-            prob = self.forward(batch["x"].to(self.device)).float().cpu()
-        pred = (prob[:, 0] >= self.cfg.predict.threshold).numpy()
-        save_overlays(val.images[:8].numpy(), pred, val.masks[:8].numpy(), val.ids[:8],
-                      run_dir / "validation_overlays.png")

@@ -1,0 +1,68 @@
+"""Writing results: CSV tables, JSON, and output folders that appear whole or not at all.
+
+Every file is written next to its target and renamed into place, so an interrupted command never
+leaves a half-written file under the name a later command reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from medsight.errors import MedsightError
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per dict, the first row's keys as the header; None is written as an empty cell."""
+    fields = list(rows[0]) if rows else ["id"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def refuse_existing_output(out_dir: Path) -> None:
+    """Outputs go to a new or empty folder: nothing a user made is ever overwritten."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MedsightError(f"{out_dir}: exists and is not an empty folder; choose another --out")
+
+
+def write_folder(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Let ``fill`` write into ``<out_dir>.partial``, then rename it to ``out_dir`` (new or empty):
+    the folder appears complete, or not at all when ``fill`` fails."""
+    refuse_existing_output(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,134 @@
+"""The steps every recipe shares, as functions: open the data, choose and split its cases, load
+them, start and finish the run directory, read cases to predict, write the predictions.
+
+A recipe calls these in its own ``train`` and ``predict``; nothing here knows which method it serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from rich.console import Console
+
+from medsight.config import RecipeConfig
+from medsight.data import GENERATED, open_dataset
+from medsight.data.base import Dataset, Sample, Task
+from medsight.data.splits import split_samples
+from medsight.errors import InputError, MedsightError
+from medsight.io import write_csv, write_folder
+from medsight.recipes.prepare import Loaded, channel_stats, load_samples
+from medsight.rundir import DataInfo, InputInfo, RunDir, RunRecord
+from medsight.transforms.preprocess import make_preprocess
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What training reads: the task, the split and the loaded training and validation cases."""
+
+    dataset: Dataset
+    task: Task | None
+    split: dict[str, list[Sample]]  # train, val, heldout
+    train: Loaded
+    val: Loaded
+    input: InputInfo  # the channels, size and normalisation of the network input
+
+
+# -- choosing cases ---------------------------------------------------------------------------------
+def labelled_cases(dataset: Dataset, task: Task | None) -> list[Sample]:
+    """The cases a classifier learns from: labelled ones outside an official test split."""
+    if task is None:
+        raise InputError(dataset.root, "has no labels, so a classifier cannot be trained on it")
+    return [s for s in dataset.samples if s.diagnosis is not None and s.split != "test"]
+
+
+def label_stratum(task: Task | None, sample: Sample) -> int:
+    """The class a case is stratified by when validation (or a fold) is split off."""
+    return task.label_of(sample.diagnosis) if task and sample.diagnosis is not None else 0
+
+
+# -- before training ------------------------------------------------------------------------------
+def open_data(cfg: RecipeConfig, path=None, format: str | None = None) -> Dataset:
+    data = cfg.data
+    if path is None and data.root is None and data.format not in GENERATED:
+        raise MedsightError("no data: pass --data PATH or set data.root in the config")
+    return open_dataset(path if path is not None else data.root, format=format or data.format, **data.options)
+
+
+def preprocessor(cfg: RecipeConfig, channels: int | None):
+    """How a case becomes the network input (``channels`` None: the input's own)."""
+    data = cfg.data
+    return make_preprocess(data.preprocess, data.image_size, channels, **data.preprocess_options)
+
+
+def prepare_training(cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, Task | None], list[Sample]],
+                     stratum: Callable[[Task | None, Sample], int], need_masks: bool,
+                     console: Console) -> TrainingData:
+    """Open the data, choose the cases ``select`` keeps, split them (patients kept together,
+    stratified by ``stratum``) and load the training and validation cases. Writes nothing."""
+    dataset = open_data(cfg)
+    task = dataset.task(cfg.data.task) if dataset.tasks else None
+    samples = select(dataset, task)
+    if len(samples) < 4:
+        raise InputError(dataset.root, f"only {len(samples)} usable cases for the {recipe} recipe")
+    data = cfg.data
+    split = split_samples(samples, [stratum(task, s) for s in samples], data.val_fraction, data.split_seed,
+                          data.folds, data.fold)
+    preprocess = preprocessor(cfg, channels=None)
+    train, _ = load_samples(split["train"], preprocess, task, need_masks, console=console,
+                            description="loading training cases")
+    val, _ = load_samples(split["val"], preprocess, task, need_masks, console=console,
+                          description="loading validation cases")
+    mean, std = channel_stats(train.images)
+    info = InputInfo(train.images.shape[1], tuple(train.images.shape[2:]), tuple(mean), tuple(std))
+    return TrainingData(dataset, task, split, train, val, info)
+
+
+def start_run(run: RunDir, cfg: RecipeConfig, recipe: str, data: TrainingData, resuming: bool,
+              console: Console) -> RunRecord:
+    """The run's record, written with the split once the data has been read and checked: a new
+    one, or the saved one when resuming (its normalisation and finished stages are kept)."""
+    if resuming:
+        record = run.read_record()
+    else:
+        run.create(cfg.to_dict())
+        dataset, split = data.dataset, data.split
+        record = RunRecord(recipe=recipe, task=data.task, input=data.input,
+                           data=DataInfo(dataset.name, str(dataset.root), len(data.train.ids), len(data.val.ids),
+                                         len(split["heldout"])))
+    held = len(data.split["heldout"])
+    console.print(f"{recipe} recipe: {len(data.train.ids)} training, {len(data.val.ids)} validation cases"
+                  + (f", {held} held out" if held else ""))
+    run.write_record(record)
+    run.write_split({k: [s.id for s in v] for k, v in data.split.items()})
+    return record
+
+
+def finish_run(run: RunDir, record: RunRecord, validation: Mapping[str, float], best_epoch: int | None,
+               seconds: float, device: torch.device, console: Console) -> RunRecord:
+    """Write the validation metrics and mark the run finished."""
+    run.write_metrics(validation, best_epoch)
+    record = dataclasses.replace(record, finished=True, train_seconds=round(seconds, 1), device=str(device))
+    run.write_record(record)
+    console.print(f"done: run in {run}" if best_epoch is None else f"done: best epoch {best_epoch}, run in {run}")
+    return record
+
+
+# -- predicting ---------------------------------------------------------------------------------------
+def load_cases(dataset: Dataset, cfg: RecipeConfig, info: InputInfo, need_masks: bool,
+               console: Console) -> tuple[Loaded, list[InputError]]:
+    """Every case of ``dataset`` preprocessed as in training; unreadable cases are returned as rejections."""
+    return load_samples(dataset.samples, preprocessor(cfg, info.channels), None, need_masks, skip_bad=True,
+                        console=console, description="loading cases")
+
+
+def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Path], None]) -> Path:
+    """``predictions.csv`` and the recipe's other files (masks, maps) in a new ``out_dir``, atomically."""
+    def fill(folder: Path) -> None:
+        write_csv(folder / "predictions.csv", rows)
+        write_files(folder)
+
+    return write_folder(Path(out_dir), fill)

@@ -1,0 +1,188 @@
+"""Fuse-TSD (Xie et al., Information Fusion 2018): texture, shape and deep descriptors of a nodule,
+one AdaBoosted back-propagation network per descriptor, decisions fused.
+
+Two stages on nodule volumes (``data.preprocess: nodule_crop``), each case with its mask:
+
+1. ``cnn``: a 2D CNN (``model``, trained with ``train`` and ``augment``) learns benign vs
+   malignant from each axial slice of the crop that holds at least ``features.cnn.min_pixels``
+   mask pixels (a nodule too small for the rule keeps its middle slice). With
+   ``features.cnn.weights`` (a local file, e.g. an earlier run's ``model.safetensors``) the CNN is
+   read instead of trained, so that the heads can be re-fitted on the same slice features.
+2. ``descriptors``: the hand-crafted descriptors of ``features`` (GLCM texture, Fourier shape) and
+   ``cnn``, the mean over a nodule's slices of the CNN's globally pooled last-stage features
+   (methods.md leaves slice aggregation open); one ``head`` per descriptor (``boosted_mlp`` in the
+   paper), fused by ``head.fusion``.
+
+Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
+``heads.safetensors``, ``validation_roc.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from rich.console import Console
+
+from medsight.config import HeadConfig, NetworkConfig, Section
+from medsight.data.base import Dataset
+from medsight.engine import select_device
+from medsight.errors import ConfigError, InputError
+from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
+                                             one_vs_rest_classes)
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.descriptors import describe
+from medsight.recipes.heads import (check_head, computed_descriptor, descriptor_stage, pixel_spacing, read_stage,
+                                    typed_features)
+from medsight.recipes.interface import Predictions
+from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
+                                      read_network, restore_network)
+from medsight.recipes.prepare import Loaded
+from medsight.rundir import InputInfo, RunDir, RunRecord
+
+
+class CNNFeatures(Section):
+    """``features.cnn``: the learnt descriptor."""
+
+    min_pixels: int = Field(3, ge=1)  # a slice with fewer mask pixels is not the nodule's
+    weights: str | None = None  # read the CNN from this file instead of training it
+
+
+class FuseTSDConfig(NetworkConfig):
+    recipe: Literal["fuse_tsd"]
+    features: dict[str, Any] = Field(default_factory=dict)  # glcm / fourier / shape, and cnn
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("features")
+    @classmethod
+    def _typed_features(cls, features):
+        return typed_features(features, learnt={"cnn": CNNFeatures})
+
+    @field_validator("head")
+    @classmethod
+    def _head_options(cls, head):
+        return check_head(head)
+
+    @property
+    def cnn(self) -> CNNFeatures:
+        return self.features.get("cnn") or CNNFeatures()
+
+
+def nodule_slices(loaded: Loaded, min_pixels: int) -> tuple[Loaded, np.ndarray]:
+    """The nodules' axial slices as a 2D dataset, and the nodule index of each slice."""
+    if loaded.images.ndim != 5:
+        raise ConfigError("fuse_tsd: needs volumes; use data.preprocess: nodule_crop")
+    keep = loaded.masks.flatten(2).sum(2) >= min_pixels  # (N, D)
+    empty = (~keep.any(1)).nonzero().flatten().tolist()
+    keep[empty, loaded.masks.shape[1] // 2] = True  # a nodule too small for the rule keeps its middle slice
+    owner, z = keep.nonzero(as_tuple=True)
+    sliced = Loaded(ids=[f"{loaded.ids[i]}#z{k}" for i, k in zip(owner.tolist(), z.tolist())],
+                    images=loaded.images[owner, :, z], masks=None, labels=loaded.labels[owner],
+                    original_sizes=[tuple(loaded.images.shape[3:])] * len(owner))
+    return sliced, owner.numpy()
+
+
+@torch.no_grad()
+def slice_features(model, loaded: Loaded, info: InputInfo, min_pixels: int, device) -> np.ndarray:
+    """Each nodule's CNN descriptor: the mean over its slices of the pooled last feature map."""
+    sliced, owner = nodule_slices(loaded, min_pixels)
+    model.eval()
+    pooled = []
+    for batch in eval_batches(sliced, info, 64):
+        maps = model.forward_features(batch["x"].to(device))
+        pooled.append(torch.flatten(F.adaptive_avg_pool2d(maps.float(), 1), 1).cpu())
+    feats = torch.cat(pooled).numpy().astype(np.float64)
+    out = np.zeros((len(loaded.ids), feats.shape[1]))
+    np.add.at(out, owner, feats)
+    return out / np.bincount(owner, minlength=len(loaded.ids))[:, None]
+
+
+class FuseTSD:
+    name = "fuse_tsd"
+    Config = FuseTSDConfig
+    needs_masks = True
+    map_methods = ()
+
+    def __init__(self, cfg: FuseTSDConfig, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        spacing = pixel_spacing(cfg.data)
+        made = {name: computed_descriptor(name, options, spacing, self.console)
+                for name, options in cfg.features.items() if name != "cnn"}
+        self.computed = {name: fn for name, (fn, _) in made.items()}
+        self.feature_names = {name: names for name, (_, names) in made.items()}  # filled in as they run
+
+    def descriptors(self) -> dict:
+        cnn = self.cfg.cnn
+        return {**self.computed,
+                "cnn": lambda loaded: slice_features(self.model_, loaded, self.record_.input, cnn.min_pixels,
+                                                     self.device_)}
+
+    def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
+        from medsight.report import plot_roc  # matplotlib: only when training
+
+        cfg, cnn = self.cfg, self.cfg.cnn
+        if cnn.weights and not Path(cnn.weights).is_file():
+            raise InputError(cnn.weights, "features.cnn.weights: file not found")
+        self.device_ = select_device(device)
+        resuming = run.resumable(cfg.to_dict())
+        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, True, self.console)
+        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
+        self.record_ = record = start_run(run, cfg, self.name, data, resuming, self.console)
+        started = time.perf_counter()
+
+        torch.manual_seed(cfg.seed)
+        self.model_ = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
+        if cnn.weights:
+            record = read_network(run, record, "cnn", self.model_, Path(cnn.weights), self.device_, self.console)
+        else:
+            train_slices, _ = nodule_slices(data.train, cnn.min_pixels)
+            val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
+            self.console.print(f"slice CNN: {len(train_slices.ids)} training, {len(val_slices.ids)} validation slices")
+            weight = class_weights(train_slices.labels, len(data.task.classes)) \
+                if cfg.train.class_weights == "balanced" else None
+            step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
+                                  lambda params: make_optimizer(cfg.train, params))
+            record = fit_network(run, record, "cnn", step, train_slices, val_slices, cfg, self.device_,
+                                 self.console, callbacks)
+
+        descriptors = self.descriptors()
+        train, val = describe(data.train, descriptors), describe(data.val, descriptors)
+        names = {**{k: v for d in self.feature_names.values() for k, v in d.items()},
+                 "cnn": [f"cnn_{k}" for k in range(train["cnn"].shape[1])]}
+        record, self.heads_, val_proba = descriptor_stage(
+            run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(),
+            cfg.predict, self.console, fitted={"feature_names": names})
+        plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
+        self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
+                                  time.perf_counter() - started, self.device_, self.console)
+        return self.record_
+
+    def restore(self, run: RunDir, device: str = "auto") -> FuseTSD:
+        self.device_ = select_device(device)
+        self.record_ = run.finished_record()
+        model = build_network(self.cfg, self.record_.input, len(self.record_.task.classes), spatial_dims=2)
+        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        self.heads_, _ = read_stage(run, self.record_, "descriptors", self.cfg.head)
+        return self
+
+    def predict(self, dataset: Dataset, need_masks: bool = True) -> Predictions:
+        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, True, self.console)
+        if not loaded.ids:
+            return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
+        proba = self.heads_.predict_proba(describe(loaded, self.descriptors()))
+        return Predictions(loaded, torch.from_numpy(proba), rejected, dataset)
+
+    def rows(self, preds: Predictions) -> list[dict]:
+        return class_rows(self.record_.task, preds, self.cfg.predict)
+
+    def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
+        pass
+
+    def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
