@@ -126,15 +126,13 @@ def _error_text(exc: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(lines)
 
 
-def validated(schema, raw: Any, source: str = "config"):
-    """``raw`` validated as ``schema`` (a pydantic model or TypeAdapter); every problem found goes
-    into one :class:`ConfigError` naming the keys."""
+def validated(schema: type[BaseModel], raw: Any, source: str = "config"):
+    """``raw`` validated as ``schema``; every problem found goes into one :class:`ConfigError`
+    naming the keys."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     try:
-        if isinstance(schema, type) and issubclass(schema, BaseModel):
-            return schema.model_validate(raw)
-        return schema.validate_python(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_error_text(exc, source)) from None
 

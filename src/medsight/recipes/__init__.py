@@ -4,9 +4,7 @@ protocol (:mod:`medsight.recipes.interface`). The list of recipes lives here, on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Union
 
-from pydantic import Field, TypeAdapter
 from rich.console import Console
 
 from medsight.config import RecipeConfig, raw_config, validated
@@ -22,15 +20,14 @@ from medsight.rundir import CONFIG_FILE, RunDir
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classification, Multilabel, Descriptors,
                                                           FuseTSD, Fisher)}
-_SCHEMA = TypeAdapter(Annotated[Union[tuple(r.Config for r in RECIPES.values())], Field(discriminator="recipe")])
 
 
 def parse_config(raw: dict, source: str = "config") -> RecipeConfig:
-    """``raw`` validated with the schema of the recipe it names."""
+    """``raw`` validated with the schema of the recipe it names (a union keyed on ``recipe``)."""
     if isinstance(raw, dict) and raw.get("recipe") not in RECIPES:
-        got = "no recipe" if "recipe" not in raw else f"recipe {raw['recipe']!r}"
+        got = "missing" if "recipe" not in raw else f"unknown recipe {raw['recipe']!r}"
         raise ConfigError(f"{source}: recipe: {got}; choose from {', '.join(RECIPES)}")
-    return validated(_SCHEMA, raw, source)
+    return validated(RECIPES[raw["recipe"]].Config, raw, source)
 
 
 def load_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,
@@ -49,8 +46,12 @@ def recipe_for(cfg: RecipeConfig, console: Console | None = None) -> Recipe:
 def load_recipe(run_dir: str | Path, device: str = "auto", console: Console | None = None) -> Recipe:
     """The recipe of the finished run in ``run_dir``, with its fitted state read back."""
     run = RunDir(run_dir)
-    run.finished_record()
-    cfg = parse_config(run.read_config(), str(run.path / CONFIG_FILE))
+    record = run.finished_record()
+    raw = run.read_config()
+    if record.version < 2 and isinstance(raw, dict) and raw.get("recipe") in RECIPES:
+        # layout 1 wrote every section of one shared schema, the ones this recipe does not use too
+        raw = {k: v for k, v in raw.items() if k in RECIPES[raw["recipe"]].Config.model_fields}
+    cfg = parse_config(raw, str(run.path / CONFIG_FILE))
     return recipe_for(cfg, console).restore(run, device)
 
 

@@ -82,3 +82,13 @@ def normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
     return (x - m) / s
+
+
+def subset(loaded: Loaded, index) -> Loaded:
+    """The cases ``index`` (a sequence of positions) of ``loaded``."""
+    index = [int(i) for i in index]
+    pick = torch.tensor(index, dtype=torch.long)
+    return Loaded(ids=[loaded.ids[i] for i in index], images=loaded.images[pick],
+                  masks=None if loaded.masks is None else loaded.masks[pick],
+                  labels=None if loaded.labels is None else loaded.labels[pick],
+                  original_sizes=[loaded.original_sizes[i] for i in index])
