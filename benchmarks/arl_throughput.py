@@ -2,8 +2,8 @@
 process on one device, in turns so all see the same machine state. The ARL term
 should cost under 10 %.
 
-    python benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 --steps 20
-    python benchmarks/arl_throughput.py --device cpu --batch 8 --size 128 --steps 3
+    python -m benchmarks.arl_throughput --device cuda --batch 64 --size 224 --steps 20
+    python -m benchmarks.arl_throughput --device cpu --batch 8 --size 128 --steps 3
 
 ARL-CNN50 is timed with ``fused=False`` (the attention sum in eager torch) and, on CUDA, with
 ``fused=True``, its default there (the sum and ReLU as one Triton kernel each way). On CUDA it

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medsight.data.splits import kfold_indices
+from medsight.rundir import RECORD_FILE, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,17 +25,18 @@ def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, n
     result_file = run_dir / f"{split}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    info_file = run_dir / "run.json"
+    run = RunDir(run_dir)
     folding = [] if fold is None else ["--set", f"data.folds={folds}", "--set", f"data.fold={fold}"]
-    if not (info_file.is_file() and json.loads(info_file.read_text()).get("finished")):
+    if not ((run_dir / RECORD_FILE).is_file() and run.read_record().finished):
         subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
                         "--out", str(run_dir), "--device", device, *folding,
                         *[a for o in overrides for a in ("--set", o)]], check=True)
     subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
                     split, "--out", str(result_file), "--device", device], check=True)
-    info = json.loads(info_file.read_text())
+    record = run.read_record()
     result = json.loads(result_file.read_text())
-    result["train_seconds"], result["epochs_run"] = info["train_seconds"], info.get("epochs_run", 0)
+    result["train_seconds"] = record.train_seconds
+    result["epochs_run"] = sum(stage.epochs_run for stage in record.stages.values())
     result_file.write_text(json.dumps(result, indent=2))
     return result
 
@@ -49,7 +51,8 @@ def folds_of(samples, task, folds: int, seed: int = 0) -> list[np.ndarray]:
 def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str, list[dict]],
                   device: str = "CPU") -> None:
     """Print and save (``out/summary.md``) titled tables plus the training time per fold of each recipe."""
-    from medsight.metrics import format_table, summarize_repeats
+    from medsight.metrics import summarize_repeats
+    from medsight.report import format_table
 
     times = {name: summarize_repeats([{"train_s": r["train_seconds"], "epochs": r["epochs_run"]} for r in runs])
              for name, runs in timings.items()}

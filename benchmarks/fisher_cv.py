@@ -8,7 +8,7 @@ so that only the encoding differs. Each run is scored with ``medsight evaluate -
 the CNN's epoch). Finished runs are reused; ``--skip-ph2`` / ``--skip-isic`` / ``--skip-dermamnist``
 leave a dataset out.
 
-    python benchmarks/fisher_cv.py --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
+    python -m benchmarks.fisher_cv --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
 
 On a 2-core CPU the ISIC-2017 CNN is trained at ``--isic-size`` pixels (default 64) for
 ``--isic-epochs`` epochs (default 15); pass ``--isic-size 128 --isic-epochs 30`` for the config's own setting.
@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cv_common import ROOT, run_fold, write_summary
-from medsight.metrics import format_table, summarize_repeats
+from benchmarks.cv_common import ROOT, run_fold, write_summary
+from medsight.metrics import summarize_repeats
+from medsight.report import format_table
 
 ENCODINGS = ("fgfv", "ifv", "fv")
 

@@ -2,9 +2,9 @@
 through cyvlfeat when it is importable: it needs Debian's libvlfeat-dev, see RESULTS.md), in one run
 on the same GMM and descriptors.
 
-    .venv/bin/python benchmarks/fisher_speed.py                 # BLAS threads: the environment's
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fisher_speed.py --repeats 9
-    .venv/bin/python benchmarks/fisher_speed.py --threads 2     # sets the BLAS threads itself
+    .venv/bin/python -m benchmarks.fisher_speed                 # BLAS threads: the environment's
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.fisher_speed --repeats 9
+    .venv/bin/python -m benchmarks.fisher_speed --threads 2     # sets the BLAS threads itself
 
 CNN-like descriptors: T=196 cells per image (a 14x14 feature map), D=512, non-negative and
 L2-normalised, drawn around 64 sparse prototypes so that, as for real conv5 features, the GMM's

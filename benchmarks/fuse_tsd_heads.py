@@ -1,29 +1,32 @@
 """Fuse-TSD's heads re-fitted with other settings on the descriptors of finished cross-validation folds.
 
-For each fold run of ``benchmarks/lidc_cv.py`` (``bench_runs/lidc_cv/lidc_voi_fuse_tsd/fold<k>``) the
+For each fold run of ``python -m benchmarks.lidc_cv`` (``bench_runs/lidc_cv/lidc_voi_fuse_tsd/fold<k>``) the
 run is loaded (its slice CNN), its train / validation / held-out cases are read back from
 ``split.json`` and described once (GLCM, Fourier shape, CNN; cached as ``descriptors.npz`` in the
 fold folder); then every head setting below is fitted on the training descriptors. The table gives,
 as the mean over folds, the inner-validation AUC (the one to choose a setting by) and the held-out
 AUC of the fused decision, and each descriptor's held-out AUC alone. The ``config`` row refits the config's own heads and must reproduce the fold runs.
 
-    python benchmarks/fuse_tsd_heads.py --runs bench_runs/lidc_cv/lidc_voi_fuse_tsd --data ../shared/datasets/lidc_vois
+    python -m benchmarks.fuse_tsd_heads --runs bench_runs/lidc_cv/lidc_voi_fuse_tsd --data ../shared/datasets/lidc_vois
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from cv_common import ROOT
+from benchmarks.cv_common import ROOT
 from medsight.data import open_dataset
 from medsight.features.classifiers import BoostedMLP, SVMHead
-from medsight.metrics import binary_metrics, format_table, summarize_repeats
-from medsight.recipes.base import Recipe
+from medsight.metrics import binary_metrics, summarize_repeats
+from medsight.report import format_table
+from medsight.recipes import load_recipe
+from medsight.recipes.common import preprocessor
+from medsight.recipes.descriptors import describe
 from medsight.recipes.prepare import load_samples
+from medsight.rundir import RunDir
 
 DESCRIPTORS = ("glcm", "fourier", "cnn")
 HEADS = {  # name -> a new head; "config" is lidc_voi_fuse_tsd.yaml's
@@ -42,15 +45,15 @@ def described(run_dir: Path, data: Path) -> dict[str, np.ndarray]:
     cache = run_dir / "descriptors.npz"
     if cache.is_file():
         return dict(np.load(cache))
-    recipe = Recipe.load(run_dir, device="cpu")
-    split = json.loads((run_dir / "split.json").read_text())
+    recipe = load_recipe(run_dir, device="cpu")
     dataset = open_dataset(data, format=recipe.cfg.data.format)
     task = dataset.task(recipe.cfg.data.task)
     by_id = {s.id: s for s in dataset.samples}
     arrays = {}
     for part in ("train", "val", "heldout"):
-        loaded, _ = load_samples([by_id[i] for i in split[part]], recipe.preprocess(None), task, need_masks=True)
-        arrays.update({f"{part}_{name}": X for name, X in recipe.describe(loaded).items()})
+        cases = [by_id[i] for i in RunDir(run_dir).split_ids(part)]
+        loaded, _ = load_samples(cases, preprocessor(recipe.cfg, None), task, need_masks=True)
+        arrays.update({f"{part}_{name}": X for name, X in describe(loaded, recipe.descriptors()).items()})
         arrays[f"{part}_y"] = loaded.labels.numpy()
     np.savez(cache, **arrays)
     return arrays
@@ -63,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     folds = sorted(p for p in args.runs.glob("fold*") if (p / "heldout.json").is_file())
     if not folds:
-        raise SystemExit(f"{args.runs}: no finished fold runs; run benchmarks/lidc_cv.py first")
+        raise SystemExit(f"{args.runs}: no finished fold runs; run python -m benchmarks.lidc_cv first")
     scores: dict[str, list[dict]] = {name: [] for name in HEADS}
     for run_dir in folds:
         a = described(run_dir, args.data)

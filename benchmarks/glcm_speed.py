@@ -1,6 +1,6 @@
 """GLCM speed: medsight against pyradiomics and mahotas on the same volumes, in the same run.
 
-    .venv/bin/python benchmarks/glcm_speed.py [--repeats 30] [--batch 16] [--threads 1] [--device cuda]
+    .venv/bin/python -m benchmarks.glcm_speed [--repeats 30] [--batch 16] [--threads 1] [--device cuda]
                                               [--lidc ../shared/datasets/lidc_vois] [--hu-scale 3] [--full-mask]
 
 For 32^3 and 64^3 volumes of HU-like texture (smoothed noise, integer HU) under an irregular ball mask,

@@ -35,19 +35,19 @@ if [[ $checks == *" tests "* ]]; then
 fi
 if [[ $checks == *" arl "* ]]; then
     for batch in 64 256; do  # batch 64 is bound by the host's kernel launches, 256 by the GPU
-        timeout "${ARL_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch $batch --size 224 \
+        timeout "${ARL_SECONDS:-200}" python3 -m benchmarks.arl_throughput --device cuda --batch $batch --size 224 \
             --steps 20 2>&1 | tee -a "$OUT/arl_throughput.log"
     done
 fi
 if [[ $checks == *" arl-compiled "* ]]; then
-    timeout "${COMPILE_SECONDS:-200}" python3 benchmarks/arl_throughput.py --device cuda --batch 64 --size 224 \
+    timeout "${COMPILE_SECONDS:-200}" python3 -m benchmarks.arl_throughput --device cuda --batch 64 --size 224 \
         --steps 20 --rounds 2 --compile 2>&1 | tee "$OUT/arl_throughput_compiled.log"
 fi
 if [[ $checks == *" glcm "* ]]; then
-    timeout "${GLCM_SECONDS:-150}" python3 benchmarks/glcm_speed.py --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
+    timeout "${GLCM_SECONDS:-150}" python3 -m benchmarks.glcm_speed --device cuda --repeats 30 2>&1 | tee "$OUT/glcm_speed.log"
 fi
 if [[ $checks == *" isic "* ]]; then
-    OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 benchmarks/isic_arl.py --data .gpu_data/isic2017 \
+    OMP_NUM_THREADS=2 timeout "${ISIC_SECONDS:-300}" python3 -m benchmarks.isic_arl --data .gpu_data/isic2017 \
         --device cuda --size 224 --jobs "${ISIC_JOBS:-6}" --seeds ${ISIC_SEEDS:-0 1 2 3 4} ${ISIC_ARGS:-} --out "$OUT/isic_runs" >"$OUT/isic_arl.log" 2>&1
     echo "isic_arl.py exit code $?"
     tail -n 40 "$OUT/isic_arl.log"

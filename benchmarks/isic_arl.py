@@ -8,12 +8,12 @@ therefore also gives the last epoch's single-crop validation AUC from ``history.
 was chosen on. Finished runs are reused, so the work can be split over processes with
 ``--models`` / ``--seeds`` and summarised by a final call over all of them.
 
-    python benchmarks/isic_arl.py --data ../shared/datasets/isic2017 --out bench_runs/isic_arl
+    python -m benchmarks.isic_arl --data ../shared/datasets/isic2017 --out bench_runs/isic_arl
 
 On a 2-core CPU the default is 64 px and the config's 30 epochs (about 17 minutes a run on one
 thread); ``--size 128`` is the config's own input size. On a GPU:
 
-    python benchmarks/isic_arl.py --device cuda --size 224 --jobs 6 --out bench_runs/isic_arl_gpu
+    python -m benchmarks.isic_arl --device cuda --size 224 --jobs 6 --out bench_runs/isic_arl_gpu
 
 trains the runs side by side (``--jobs``), each in bf16 with its augmentation on the GPU.
 """
@@ -25,8 +25,9 @@ import csv
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cv_common import ROOT, run_fold, write_summary
-from medsight.metrics import format_table, summarize_repeats
+from benchmarks.cv_common import ROOT, run_fold, write_summary
+from medsight.metrics import summarize_repeats
+from medsight.report import format_table
 
 MODELS = ("resnet14", "arlcnn14")
 COLUMNS = ["melanoma AUC", "seborrheic_keratosis AUC", "mean AUC"]

@@ -6,7 +6,7 @@ Each fold k: ``medsight train configs/<config>.yaml --set data.folds=10 --set da
 talk's descriptor baselines (3D GLCM + SVM, multi-view features + SVM) and Fuse-TSD. The diameter peer is
 fitted on the same training folds and scored on the same held-out fold. Finished folds are reused.
 
-    python benchmarks/lidc_cv.py --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
+    python -m benchmarks.lidc_cv --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from cv_common import ROOT, folds_of, run_fold, write_summary
+from benchmarks.cv_common import ROOT, folds_of, run_fold, write_summary
 from medsight.data import open_dataset
-from medsight.metrics import binary_metrics, format_table, summarize_repeats
+from medsight.metrics import binary_metrics, summarize_repeats
+from medsight.report import format_table
 
 FOLDS = 10
 CONFIGS = ("configs/lidc_voi_resnet3d.yaml", "configs/lidc_voi_multiview.yaml", "configs/lidc_voi_glcm3d_svm.yaml",

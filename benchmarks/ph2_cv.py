@@ -6,7 +6,7 @@ RUN PH2 --split heldout`` on fold k, which it never saw. The peers are scored on
 Otsu thresholding (largest dark component, holes filled) for segmentation, and logistic regression
 on colour histograms for melanoma classification. Finished folds are reused when re-run.
 
-    python benchmarks/ph2_cv.py --data ../shared/datasets/ph2 --out bench_runs/ph2_cv
+    python -m benchmarks.ph2_cv --data ../shared/datasets/ph2 --out bench_runs/ph2_cv
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cv_common import ROOT, folds_of, run_fold, write_summary
+from benchmarks.cv_common import ROOT, folds_of, run_fold, write_summary
 from medsight.data import open_dataset
-from medsight.metrics import binary_metrics, format_table, segmentation_metrics, summarize_repeats
+from medsight.metrics import binary_metrics, segmentation_metrics, summarize_repeats
+from medsight.report import format_table
 
 FOLDS = 5
 

@@ -102,7 +102,8 @@ def predict(run_dir, inputs, out, fmt, device, maps):
 def evaluate(run_dir, inputs, fmt, out, split, device):
     """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
     from medsight.io import save_json
-    from medsight.metrics import format_table, jsonable
+    from medsight.io import jsonable
+    from medsight.report import format_table
     from medsight.recipes import load_recipe
     from medsight.rundir import RunDir
 

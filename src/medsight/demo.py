@@ -78,7 +78,7 @@ def heldout_overlays(heldout: Path, pred_dir: Path, run_dir: Path, count: int = 
     """Predicted (yellow) against reference (green) outlines on the first held-out cases."""
     from medsight.data import open_dataset
     from medsight.data.imageio import read_mask
-    from medsight.report import save_overlays
+    from medsight.figures import save_overlays
 
     fold = set(json.loads((run_dir / "split.json").read_text())["heldout"])  # empty: the whole input is held out
     cases = [s for s in open_dataset(heldout).samples if s.has_mask and (not fold or s.id in fold)][:count]

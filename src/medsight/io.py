@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from medsight.errors import MedsightError
 
@@ -28,6 +32,37 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-serialisable copy: NumPy scalars and arrays (and torch tensors) become Python numbers
+    and lists, tuples become lists, mapping keys strings, and nan / inf become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # a torch tensor, without importing torch
+        obj = obj.detach().cpu().double().numpy()
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
+
+
+def to_json(obj: Any, path: str | Path | None = None, indent: int | None = 2) -> str:
+    """Strict JSON text of ``jsonable(obj)`` (nan -> null); also written to ``path`` if given."""
+    text = json.dumps(jsonable(obj), indent=indent, allow_nan=False)
+    if path is not None:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    return text
 
 
 def save_json(obj: Any, path: str | Path) -> None:

@@ -1,4 +1,5 @@
-"""Figures and reports: training curves, ROC curves, mask overlays, and run reports (HTML / Markdown)."""
+"""Reports: the talk's results table, and reports of runs side by side (HTML with the figures
+embedded, or Markdown linking them)."""
 
 from __future__ import annotations
 
@@ -6,99 +7,82 @@ import base64
 import html
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from medsight.errors import InputError, MedsightError  # noqa: E402
+from medsight.errors import InputError, MedsightError
+from medsight.metrics.repeats import as_float
+from medsight.rundir import RECORD_FILE, RunDir
 
 
-def _finite(values):
-    return [v if isinstance(v, (int, float)) and math.isfinite(v) else np.nan for v in values]
+# -- the results table ------------------------------------------------------------------------------
+def _is_nan(v: Any) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v))
 
 
-def plot_history(history: list[dict], path: Path, monitor: str | None = None) -> None:
-    """Training loss, validation loss and the monitored metric against the epoch."""
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    axes[0].plot(epochs, _finite([r.get("loss") for r in history]), label="training loss")
-    if any("val_loss" in r for r in history):
-        axes[0].plot(epochs, _finite([r.get("val_loss") for r in history]), label="validation loss")
-    axes[0].legend()
-    if monitor and monitor != "val_loss":
-        axes[1].plot(epochs, _finite([r.get(monitor) for r in history]), color="tab:green")
-        axes[1].set_ylabel(f"validation {monitor}")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _cell(v: Any, percent: bool, digits: int) -> str:
+    scale = 100.0 if percent else 1.0
+    if isinstance(v, Mapping):  # a summarize_repeats entry
+        mean, std, n = v.get("mean"), v.get("std"), v.get("n")
+        if _is_nan(mean):
+            return "n/a"
+        text = f"{float(mean) * scale:.{digits}f}"
+        if n is not None and n > 1 and not _is_nan(std):
+            text += f" ± {float(std) * scale:.{digits}f}"
+        values = v.get("values")
+        if n is not None and values is not None and n < len(values):
+            text += f" (n={n})"
+        return text
+    if _is_nan(v):
+        return "n/a"
+    return f"{as_float(v, '?') * scale:.{digits}f}"
 
 
-def plot_roc(task, y: np.ndarray, proba: np.ndarray, path: Path) -> None:
-    """One-vs-rest ROC curve of each positive class (the positive class alone for a binary task)."""
-    from sklearn.metrics import roc_curve
+def format_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str] | None = None,
+    style: str = "text",
+    percent: bool = True,
+    digits: int = 2,
+    index_name: str = "method",
+) -> str:
+    """The talk's table: one row per method or run, one column per metric.
 
-    classes = [task.classes[-1]] if task.is_binary else list(task.classes)
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    for name in classes:
-        k = task.classes.index(name)
-        truth = y == k
-        if truth.all() or not truth.any():
-            continue
-        fpr, tpr, _ = roc_curve(truth, proba[:, k])
-        ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    Each row is a metric dict (cells like "88.73") or a ``summarize_repeats`` result (cells like
+    "88.73 ± 1.20"; the ± part only when n > 1, and "(n=3)" when only 3 of the runs were defined).
+    ``metrics``: the columns, in order (default: every metric, in order of first appearance).
+    ``percent`` multiplies by 100 (set False for metrics reported as fractions, e.g. BMA 0.798).
+    Undefined values print "n/a", metrics a row lacks print "-". ``style``: "text" or "markdown".
+    """
+    if style not in ("text", "markdown"):
+        raise ValueError(f"style must be 'text' or 'markdown', got {style!r}")
+    if metrics is None:
+        seen: dict[str, None] = {}
+        for row in rows.values():
+            seen.update(dict.fromkeys(row))
+        metrics = list(seen)
+    header = [index_name, *metrics]
+    body = [
+        [str(name), *(_cell(row[m], percent, digits) if m in row else "-" for m in metrics)]
+        for name, row in rows.items()
+    ]
+    if style == "markdown":
 
+        def line(cells: Sequence[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the image with the predicted outline in yellow, the true one in green."""
-    rgb = image.transpose(1, 2, 0) if image.ndim == 3 else image
-    rgb = np.repeat(rgb[..., None], 3, -1) if rgb.ndim == 2 or rgb.shape[-1] == 1 else rgb
-    rgb = np.ascontiguousarray(rgb[..., :3]).copy()
-    for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 230, 0))):
-        if mask is None:
-            continue
-        mask = mask.astype(bool)
-        edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 128))
-        rgb[edge] = colour
-    return rgb
+        rule = "|" + "|".join([":---", *["---:"] * len(metrics)]) + "|"
+        return "\n".join([line(header), rule, *(line(r) for r in body)])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
+    def fmt(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))]).rstrip()
 
-def save_overlays(images, preds, truths, ids, path: Path, columns: int = 4) -> None:
-    """A grid of overlays with each case's id and Dice score."""
-    from medsight.metrics import segmentation_metrics
-
-    n = len(ids)
-    rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.flat[i]
-        truth = None if truths is None else truths[i]
-        ax.imshow(overlay(images[i], preds[i], truth))
-        title = ids[i]
-        if truth is not None:
-            title += f"  DI {segmentation_metrics(preds[i], truth)['DI']:.2f}"
-        ax.set_title(title, fontsize=8)
-    fig.suptitle("yellow: predicted outline, green: reference", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)])
 
 
 # -- run reports ----------------------------------------------------------------------------------
@@ -106,8 +90,6 @@ FIGURES = ("training_curves.png", "validation_overlays.png", "validation_roc.png
 
 
 def _load_run(run_dir: Path) -> dict:
-    from medsight.rundir import RECORD_FILE, RunDir
-
     run = RunDir(run_dir)
     if not (run_dir / RECORD_FILE).is_file():
         raise InputError(run_dir, f"not a medsight run directory ({RECORD_FILE} is missing)")
@@ -131,8 +113,6 @@ def _rows(runs: list[dict]) -> dict[str, dict]:
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:
     """A self-contained HTML (figures embedded) or Markdown (figures linked) report of runs."""
-    from medsight.metrics import format_table
-
     if out.suffix not in (".html", ".md"):
         raise MedsightError(f"{out}: the report must end in .html or .md")
     if out.exists():

@@ -28,8 +28,7 @@ import medsight
 from medsight.data.base import Task
 from medsight.engine.checkpoint import CHECKPOINT
 from medsight.errors import InputError, MedsightError
-from medsight.io import save_json
-from medsight.metrics import jsonable
+from medsight.io import jsonable, save_json
 
 CONFIG_FILE, RECORD_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "run.json", "split.json", "metrics.json"
 LAYOUT_VERSION = 2

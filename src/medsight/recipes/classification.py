@@ -123,7 +123,7 @@ class Classification:
 
     # -- training ------------------------------------------------------------------------------
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.report import plot_roc  # matplotlib: only when training
+        from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg = self.cfg
         self.device_ = select_device(device)

@@ -72,7 +72,7 @@ class Descriptors:
         self.feature_names = {name: names for name, (_, names) in made.items()}  # filled in as they run
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.report import plot_roc  # matplotlib: only when training
+        from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg = self.cfg
         device_ = select_device(device)

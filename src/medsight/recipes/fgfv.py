@@ -143,7 +143,7 @@ class Fisher:
         self.console = console or Console(stderr=True)
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.report import plot_roc  # matplotlib: only when training
+        from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg, opts = self.cfg, self.cfg.fisher
         if opts.cnn_weights and not Path(opts.cnn_weights).is_file():

@@ -124,7 +124,7 @@ class FuseTSD:
                                                      self.device_)}
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.report import plot_roc  # matplotlib: only when training
+        from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg, cnn = self.cfg, self.cfg.cnn
         if cnn.weights and not Path(cnn.weights).is_file():

@@ -141,6 +141,8 @@ class Multilabel:
                               "own sigmoid and AUC)")
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
+        from medsight.figures import plot_rocs  # matplotlib: only when training
+
         cfg = self.cfg
         self.device_ = select_device(device)
         resuming = run.resumable(cfg.to_dict())
@@ -211,28 +213,3 @@ class Multilabel:
                 raise InputError(sample.source, str(exc)) from None
         proba = preds.outputs.numpy()[keep]
         return {"n": len(keep), "metrics": multilabel_task_metrics(task, np.stack(targets), proba)}
-
-
-def plot_rocs(task: Task, y: np.ndarray, proba: np.ndarray, path: Path) -> None:
-    """One ROC curve per finding (findings absent or always present are left out)."""
-    from sklearn.metrics import roc_curve
-
-    from medsight.report import plt
-
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    drawn = 0
-    for k, name in enumerate(task.classes):
-        truth = y[:, k] == 1
-        if truth.all() or not truth.any():  # ROC undefined for this finding here
-            continue
-        fpr, tpr, _ = roc_curve(truth, proba[:, k])
-        ax.plot(fpr, tpr, lw=1, label=name)
-        drawn += 1
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    if drawn:
-        ax.legend(fontsize=6 if drawn > 6 else 8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -99,7 +99,7 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
         steps = two_stream_steps(labelled, unlabelled, epoch_length)
     fit = trainer.fit(step, batches, lambda: eval_batches(val, record.input, t.batch_size), steps_per_epoch=steps)
     if fit.history:
-        from medsight.report import plot_history
+        from medsight.figures import plot_history
 
         write_csv(stage_dir / "history.csv", fit.history)
         plot_history(fit.history, stage_dir / "training_curves.png", fit.monitor)

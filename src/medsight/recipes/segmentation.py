@@ -93,7 +93,7 @@ class Segmentation:
         self.console = console or Console(stderr=True)
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.report import save_overlays  # matplotlib: only when training
+        from medsight.figures import save_overlays  # matplotlib: only when training
 
         cfg = self.cfg
         self.device_ = select_device(device)
