@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medsight.features.glcm import GLCM_FEATURES, discretize, glcm_features, glcm_features_batch
+from medsight.features.glcm import GLCM_FEATURES, glcm_features, glcm_features_batch
+from medsight.features.levels import discretize
 
 BIN_WIDTH = 25
 

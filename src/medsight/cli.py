@@ -184,7 +184,8 @@ def data_check(inputs, fmt):
 @click.option("--seed", default=0, show_default=True)
 def data_synth(out, n, size, seed):
     """Write synthetic dermoscopy-like images with masks and labels in the 'folder' layout."""
-    from medsight.data.synthetic import make_dermoscopy, write_folder
+    from medsight.data.folder import write_folder
+    from medsight.data.synthetic import make_dermoscopy
 
     write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
     console.print(f"wrote {n} synthetic cases to {out}")

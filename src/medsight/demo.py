@@ -30,7 +30,8 @@ def plan(data: Path | None, out: Path) -> tuple[list[tuple[str, str, list[str]]]
     """(name, config, extra train args) per model, the evaluation input, its extra args, and a
     sentence saying which cases are held out."""
     if data is None:
-        from medsight.data.synthetic import make_dermoscopy, write_folder
+        from medsight.data.folder import write_folder
+        from medsight.data.synthetic import make_dermoscopy
 
         heldout = out / "heldout_cases"
         write_folder(make_dermoscopy(n=60, size=128, seed=12345), heldout)

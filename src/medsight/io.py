@@ -85,7 +85,7 @@ def refuse_existing_output(out_dir: Path) -> None:
         raise MedsightError(f"{out_dir}: exists and is not an empty folder; choose another --out")
 
 
-def write_folder(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+def write_new_folder(out_dir: Path, fill: Callable[[Path], None]) -> Path:
     """Let ``fill`` write into ``<out_dir>.partial``, then rename it to ``out_dir`` (new or empty):
     the folder appears complete, or not at all when ``fill`` fails."""
     refuse_existing_output(out_dir)

@@ -16,16 +16,12 @@ The same seed gives byte-identical images: every image draws from its own child 
 ``numpy.random.SeedSequence(seed)``, so image ``i`` does not depend on how many images follow it.
 
 ``make_dermoscopy`` returns a :class:`~medsight.data.base.Dataset` held in memory;
-``read_synthetic`` is its reader-registry entry; ``write_folder`` writes any dataset in the
-``folder`` layout (``images/<id>.png``, ``masks/<id>.png``, ``labels.csv``).
+``read_synthetic`` is its reader-registry entry; :func:`medsight.data.folder.write_folder` writes
+it (or any dataset) in the ``folder`` layout (``images/<id>.png``, ``masks/<id>.png``, ``labels.csv``).
 """
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -370,73 +366,7 @@ def read_synthetic(root: str | Path | None = None, n: int = 200, size: int | tup
     return make_dermoscopy(n=n, size=size, seed=seed, malignant_fraction=malignant_fraction)
 
 
-# --------------------------------------------------------------------------------------------
-# writing
-
-
-def _safe_id(sample_id: str) -> str:
-    if not sample_id or sample_id in (".", "..") or any(c in sample_id for c in '/\\\0'):
-        raise MedsightError(f"cannot write case id {sample_id!r} as a file name")
-    return sample_id
-
-
-def write_folder(dataset: Dataset, out_dir: str | Path) -> Path:
-    """Write ``dataset`` in medsight's ``folder`` layout under ``out_dir`` and return its path.
-
-    Writes ``images/<id>.png`` (RGB or grey), ``masks/<id>.png`` (0/255, for samples with a mask)
-    and ``labels.csv`` with header ``id,label,image,mask`` (paths relative to ``out_dir``; empty
-    label / mask where a sample has none). Refuses an ``out_dir`` that exists and is not an empty
-    folder. Everything is written into a temporary sibling folder that is renamed into place at the
-    end, so a failure leaves nothing half-written.
-    """
-    from PIL import Image
-
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise MedsightError(f"{out_dir}: exists and is not a folder; refusing to write a dataset there")
-        if any(out_dir.iterdir()):
-            raise MedsightError(f"{out_dir}: folder exists and is not empty; refusing to overwrite it")
-    ids = [_safe_id(s.id) for s in dataset.samples]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise MedsightError(f"{out_dir}: duplicate case ids {dup[:5]}; cannot write them as files")
-
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out_dir.name}.", suffix=".part"))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        rows = []
-        for sample in dataset.samples:
-            image = np.asarray(sample.load_image())
-            if image.dtype != np.uint8:
-                raise MedsightError(f"{sample.source}: image is {image.dtype}, write_folder writes uint8 only")
-            arr = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-            image_rel = f"images/{sample.id}.png"
-            Image.fromarray(np.ascontiguousarray(arr)).save(tmp / image_rel, format="PNG")
-            mask_rel = ""
-            mask = sample.load_mask()
-            if mask is not None:
-                mask_rel = f"masks/{sample.id}.png"
-                Image.fromarray(np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)).save(tmp / mask_rel, format="PNG")
-            rows.append([sample.id, sample.diagnosis or "", image_rel, mask_rel])
-        with open(tmp / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "label", "image", "mask"])
-            writer.writerows(rows)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        if out_dir.exists():  # an empty folder: replace it
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 FORMAT = Format("synthetic", read_synthetic, None, generated=True,
                 description="generated dermoscopy-like images (no path; options n, size, seed, malignant_fraction)")
 
-__all__ = ["make_lesion", "make_dermoscopy", "read_synthetic", "write_folder", "CLASSES", "FORMAT"]
+__all__ = ["make_lesion", "make_dermoscopy", "read_synthetic", "CLASSES", "FORMAT"]

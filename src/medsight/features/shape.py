@@ -19,7 +19,6 @@ Choices, stated once:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

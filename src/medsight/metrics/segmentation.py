@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medsight.metrics._arrays import NAN, _nanmean, _ratio, _to_numpy
+from medsight.metrics._arrays import _nanmean, _ratio, _to_numpy
 
 SEGMENTATION_KEYS = ("JA", "DI", "AC", "SE", "SP")
 

@@ -19,7 +19,7 @@ from medsight.data import GENERATED, open_dataset
 from medsight.data.base import Dataset, Sample, Task
 from medsight.data.splits import split_samples
 from medsight.errors import InputError, MedsightError
-from medsight.io import write_csv, write_folder
+from medsight.io import write_csv, write_new_folder
 from medsight.recipes.prepare import Loaded, channel_stats, load_samples
 from medsight.rundir import DataInfo, InputInfo, RunDir, RunRecord
 from medsight.transforms.preprocess import make_preprocess
@@ -131,4 +131,4 @@ def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Pa
         write_csv(folder / "predictions.csv", rows)
         write_files(folder)
 
-    return write_folder(Path(out_dir), fill)
+    return write_new_folder(Path(out_dir), fill)

@@ -37,7 +37,8 @@ from medsight.config import HeadConfig, NetworkConfig, Section
 from medsight.data.base import Dataset
 from medsight.engine import select_device
 from medsight.errors import FeatureError, InputError
-from medsight.features import fisher
+from medsight.features.fisher import FisherVector
+from medsight.features.foreground import ForegroundFisherVector, membership_map
 from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
                                              one_vs_rest_classes)
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
@@ -48,12 +49,13 @@ from medsight.recipes.network import (build_network, class_weights, eval_batches
 from medsight.recipes.prepare import Loaded
 from medsight.rundir import RunDir, RunRecord
 
-ENCODERS = {"FisherVector": fisher.FisherVector, "ForegroundFisherVector": fisher.ForegroundFisherVector}
+ENCODERS = {"FisherVector": FisherVector, "ForegroundFisherVector": ForegroundFisherVector}
 
 
 class FisherFeatures(Section):
     """``features.fisher``. The encoder settings left None take the encoder's own defaults
-    (:mod:`medsight.features.fisher`); the last group is the foreground FV's alone."""
+    (:mod:`medsight.features.fisher`, :mod:`~medsight.features.foreground`); the last group is the
+    foreground FV's alone."""
 
     encoding: Literal["fv", "ifv", "fgfv"] = "fgfv"
     n_components: int = Field(64, ge=1)
@@ -77,9 +79,9 @@ class FisherFeatures(Section):
         params = {"n_components": self.n_components, "random_state": seed,
                   **{k: v for k, v in self.model_dump().items() if k not in own and v is not None}}
         if self.encoding == "fgfv":
-            return fisher.ForegroundFisherVector(**params)
+            return ForegroundFisherVector(**params)
         try:
-            return fisher.FisherVector(**params, improved=self.encoding == "ifv")
+            return FisherVector(**params, improved=self.encoding == "ifv")
         except TypeError as exc:
             raise ValueError(f"fisher: {exc} (an option of the foreground FV only)") from None
 
@@ -228,7 +230,7 @@ class Fisher:
         for case, d, grid in zip(preds.loaded.ids, descriptors, grids):
             image = by_id[case].load_image()
             first = d[: grid[0] * grid[1]]  # the scale-1 cells, row-major
-            soft, _ = fisher.membership_map(self.encoder_.membership(first), grid, image.shape[1:])
+            soft, _ = membership_map(self.encoder_.membership(first), grid, image.shape[1:])
             writer.write(case, image, soft)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:

@@ -24,7 +24,6 @@ from rich.progress import Progress
 from safetensors.numpy import load_file, save_file
 
 from medsight.config import DataConfig, HeadConfig, PredictConfig
-from medsight.data.base import Task
 from medsight.errors import FeatureError, InputError
 from medsight.features.classifiers import HEADS
 from medsight.features.describe import DESCRIPTOR_OPTIONS, describe_cases, descriptor_options
