@@ -24,7 +24,7 @@ from medsight.metrics import binary_metrics, summarize_repeats
 from medsight.report import format_table
 from medsight.recipes import load_recipe
 from medsight.recipes.common import preprocessor
-from medsight.recipes.descriptors import describe
+from medsight.recipes.heads import describe
 from medsight.recipes.prepare import load_samples
 from medsight.rundir import RunDir
 
@@ -53,7 +53,7 @@ def described(run_dir: Path, data: Path) -> dict[str, np.ndarray]:
     for part in ("train", "val", "heldout"):
         cases = [by_id[i] for i in RunDir(run_dir).split_ids(part)]
         loaded, _ = load_samples(cases, preprocessor(recipe.cfg, None), task, need_masks=True)
-        arrays.update({f"{part}_{name}": X for name, X in describe(loaded, recipe.descriptors()).items()})
+        arrays.update({f"{part}_{name}": X for name, X in describe(loaded, recipe.descriptors())[0].items()})
         arrays[f"{part}_y"] = loaded.labels.numpy()
     np.savez(cache, **arrays)
     return arrays

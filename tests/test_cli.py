@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import json
 import re
 import shutil
@@ -22,9 +23,12 @@ import yaml
 from PIL import Image
 
 from medsight.cli import main
-from medsight.data.synthetic import make_dermoscopy, write_folder
+from medsight.data.folder import write_folder
+from medsight.data.synthetic import make_dermoscopy
+from medsight.rundir import RunDir
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from builders import CONFIGS
+
 UNET_CONFIG = CONFIGS / "demo_unet.yaml"
 RESNET_CONFIG = CONFIGS / "demo_resnet.yaml"
 
@@ -137,9 +141,9 @@ def test_segmentation_run_directory(seg_run):
     for name in (*RUN_FILES, "validation_overlays.png"):
         assert (seg_run / name).is_file(), f"{name} missing from the run directory"
     assert not (seg_run / "checkpoint.pt").exists(), "the resume checkpoint is left behind"
-    info = json.loads((seg_run / "run.json").read_text())
-    assert info["finished"] is True
-    assert info["recipe"] == "segmentation"
+    record = RunDir(seg_run).read_record()
+    assert record.finished is True
+    assert record.recipe == "segmentation"
     # the resolved config: the file's settings with the command line's overrides applied
     cfg = yaml.safe_load((seg_run / "config.yaml").read_text())
     assert cfg["recipe"] == "segmentation"
@@ -232,7 +236,7 @@ def test_classification_run_directory(cls_run):
     for name in (*RUN_FILES, "validation_roc.png"):
         assert (cls_run / name).is_file(), f"{name} missing from the run directory"
     assert not (cls_run / "checkpoint.pt").exists()
-    assert json.loads((cls_run / "run.json").read_text())["finished"] is True
+    assert RunDir(cls_run).read_record().finished is True
 
 
 @pytest.mark.slow
@@ -343,9 +347,8 @@ def unfinished_run(seg_run, tmp_path) -> Path:
     """A copy of the finished U-Net run marked unfinished (as if training had been interrupted)."""
     run = tmp_path / "unfinished"
     shutil.copytree(seg_run, run)
-    info = json.loads((run / "run.json").read_text())
-    info["finished"] = False
-    (run / "run.json").write_text(json.dumps(info))
+    saved = RunDir(run)
+    saved.write_record(dataclasses.replace(saved.read_record(), finished=False))
     return run
 
 

@@ -13,16 +13,7 @@ from medsight.explain import (ExplainError, MapWriter, cam, class_maps, grad_cam
                               overlay_map, upsample)
 from medsight.models import create_model
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster on a busy 2-core machine
 
 METHODS = {"cam": lambda m, x, **kw: normalize(cam(m, x, **kw)), "gradcam": grad_cam, "gradcam++": grad_cam_pp}
 

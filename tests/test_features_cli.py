@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from medsight.cli import main
-from medsight.data.synthetic import make_dermoscopy, write_folder
+from medsight.data.folder import write_folder
+from medsight.data.synthetic import make_dermoscopy
 from medsight.features.glcm import glcm_features
 from medsight.features.shape import SHAPE_2D_FEATURES, FourierShape, Shape2D, shape_features_3d
 
@@ -164,19 +165,14 @@ def test_usage_errors(volume_case, tmp_path, capsys):
     assert code == 2 and "missing.nii.gz" in err.replace(" ", "")
 
 
-LIDC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lidc_vois"
-
-
-def test_features_of_a_real_nodule_equal_pyradiomics(tmp_path, capsys):
+def test_features_of_a_real_nodule_equal_pyradiomics(tmp_path, capsys, lidc_vois):
     """One shared LIDC VOI through the command, against pyradiomics reading the same NIfTI files."""
     pytest.importorskip("radiomics", reason="pyradiomics is not installed")
-    if not LIDC.exists():
-        pytest.skip(f"{LIDC} is absent: the real-data comparison needs the shared LIDC VOIs")
     import SimpleITK as sitk
     from radiomics import glcm, shape
 
-    image = sorted((LIDC / "VOIs" / "image").glob("*.nii.gz"))[0]
-    mask_file = LIDC / "VOIs" / "nodule_mask" / image.name
+    image = sorted((lidc_vois / "VOIs" / "image").glob("*.nii.gz"))[0]
+    mask_file = lidc_vois / "VOIs" / "nodule_mask" / image.name
     sitk_image, sitk_mask = sitk.ReadImage(str(image)), sitk.ReadImage(str(mask_file))
     sitk_mask = sitk.Cast(sitk_mask > 0, sitk.sitkUInt8)
     sitk_mask.CopyInformation(sitk_image)

@@ -6,7 +6,6 @@ Skipped where torch sees no CUDA device (as on CI); on a GPU machine: ``pytest t
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,14 @@ from medsight.cli import main
 from medsight.config import AugmentConfig
 from medsight.features.glcm import glcm_features, glcm_features_batch
 from medsight.models.arl import attention_map
+from medsight.rundir import RunDir
 from medsight.transforms.augment import augment_batch
+
+from builders import CONFIGS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
-RESNET_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_resnet.yaml"
+RESNET_CONFIG = CONFIGS / "demo_resnet.yaml"
 
 
 def textured_volume(seed: int, n: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +90,7 @@ def test_a_recipe_trains_on_cuda_and_predicts_alike_on_both_devices(tmp_path, mo
     args = ["--epochs", "2", "--set", "data.options.n=40", "--set", "data.options.size=48",
             "--set", "data.image_size=[32,32]", "--set", "model.options.width=8", *model]
     assert main(["train", str(RESNET_CONFIG), "--out", str(run), "--device", "cuda", *args]) == 0
-    assert json.loads((run / "run.json").read_text())["device"].startswith("cuda")
+    assert RunDir(run).read_record().device.startswith("cuda")
     data = tmp_path / "synth"
     assert main(["data", "synth", str(data), "--n", "12", "--size", "48", "--seed", "3"]) == 0
     for device in ("cuda", "cpu"):

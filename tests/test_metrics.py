@@ -1,4 +1,5 @@
-"""Tests of medsight.metrics: hand-computed cases, agreement with scikit-learn, undefined values."""
+"""Tests of medsight.metrics: hand-computed cases, agreement with scikit-learn, undefined values; and
+the results table (medsight.report.format_table) and JSON output (medsight.io) the metrics go into."""
 
 from __future__ import annotations
 
@@ -10,22 +11,21 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from medsight.io import jsonable, to_json
 from medsight.metrics import (
     BinaryClassificationMetric,
     MulticlassClassificationMetric,
     SegmentationMetric,
     average_precision,
     binary_metrics,
-    format_table,
-    jsonable,
     multiclass_metrics,
     multilabel_metrics,
     roc_auc,
     segmentation_metrics,
     segmentation_metrics_batch,
     summarize_repeats,
-    to_json,
 )
+from medsight.report import format_table
 
 TOL = 1e-12
 nan = float("nan")

@@ -24,7 +24,9 @@ RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classifica
 
 def parse_config(raw: dict, source: str = "config") -> RecipeConfig:
     """``raw`` validated with the schema of the recipe it names (a union keyed on ``recipe``)."""
-    if isinstance(raw, dict) and raw.get("recipe") not in RECIPES:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    if raw.get("recipe") not in RECIPES:
         got = "missing" if "recipe" not in raw else f"unknown recipe {raw['recipe']!r}"
         raise ConfigError(f"{source}: recipe: {got}; choose from {', '.join(RECIPES)}")
     return validated(RECIPES[raw["recipe"]].Config, raw, source)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 from rich.console import Console
@@ -28,10 +27,9 @@ from medsight.data.base import Dataset
 from medsight.engine import select_device
 from medsight.recipes.classification import class_rows, evaluate_classes, one_vs_rest_classes
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
-from medsight.recipes.heads import (Descriptor, check_head, computed_descriptor, descriptor_stage, pixel_spacing,
+from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
-from medsight.recipes.prepare import Loaded
 from medsight.rundir import RunDir, RunRecord
 
 STAGE = "descriptors"
@@ -53,10 +51,6 @@ class DescriptorsConfig(RecipeConfig):
         return check_head(head)
 
 
-def describe(loaded: Loaded, descriptors: dict[str, Descriptor]) -> dict[str, np.ndarray]:
-    return {name: fn(loaded) for name, fn in descriptors.items()}
-
-
 class Descriptors:
     name = "descriptors"
     Config = DescriptorsConfig
@@ -67,9 +61,8 @@ class Descriptors:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         spacing = pixel_spacing(cfg.data)
-        made = {name: computed_descriptor(name, options, spacing, self.console) for name, options in cfg.features.items()}
-        self.descriptors = {name: fn for name, (fn, _) in made.items()}
-        self.feature_names = {name: names for name, (_, names) in made.items()}  # filled in as they run
+        self.descriptors = {name: computed_descriptor(name, options, spacing, self.console)
+                            for name, options in cfg.features.items()}
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
         from medsight.figures import plot_roc  # matplotlib: only when training
@@ -81,10 +74,10 @@ class Descriptors:
         one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
         record = start_run(run, cfg, self.name, data, resuming, self.console)
         started = time.perf_counter()
-        train, val = describe(data.train, self.descriptors), describe(data.val, self.descriptors)
+        (train, names), (val, _) = describe(data.train, self.descriptors), describe(data.val, self.descriptors)
         record, self.heads_, val_proba = descriptor_stage(
             run, record, STAGE, cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(), cfg.predict,
-            self.console, fitted={"feature_names": {k: v for d in self.feature_names.values() for k, v in d.items()}})
+            self.console, fitted={"feature_names": names})
         plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
         self.record_ = finish_run(run, record, record.stage(STAGE).validation, None, time.perf_counter() - started,
                                   device_, self.console)
@@ -99,7 +92,7 @@ class Descriptors:
         loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, True, self.console)
         if not loaded.ids:
             return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
-        proba = self.heads_.predict_proba(describe(loaded, self.descriptors))
+        proba = self.heads_.predict_proba(describe(loaded, self.descriptors)[0])
         return Predictions(loaded, torch.from_numpy(proba), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:

@@ -36,9 +36,8 @@ from medsight.errors import ConfigError, InputError
 from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
                                              one_vs_rest_classes)
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
-from medsight.recipes.descriptors import describe
-from medsight.recipes.heads import (check_head, computed_descriptor, descriptor_stage, pixel_spacing, read_stage,
-                                    typed_features)
+from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
+                                    read_stage, typed_features)
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
                                       read_network, restore_network)
@@ -88,7 +87,7 @@ def nodule_slices(loaded: Loaded, min_pixels: int) -> tuple[Loaded, np.ndarray]:
 
 
 @torch.no_grad()
-def slice_features(model, loaded: Loaded, info: InputInfo, min_pixels: int, device) -> np.ndarray:
+def slice_features(model, loaded: Loaded, info: InputInfo, min_pixels: int, device) -> tuple[np.ndarray, list[str]]:
     """Each nodule's CNN descriptor: the mean over its slices of the pooled last feature map."""
     sliced, owner = nodule_slices(loaded, min_pixels)
     model.eval()
@@ -99,7 +98,7 @@ def slice_features(model, loaded: Loaded, info: InputInfo, min_pixels: int, devi
     feats = torch.cat(pooled).numpy().astype(np.float64)
     out = np.zeros((len(loaded.ids), feats.shape[1]))
     np.add.at(out, owner, feats)
-    return out / np.bincount(owner, minlength=len(loaded.ids))[:, None]
+    return out / np.bincount(owner, minlength=len(loaded.ids))[:, None], [f"cnn_{k}" for k in range(feats.shape[1])]
 
 
 class FuseTSD:
@@ -112,10 +111,8 @@ class FuseTSD:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         spacing = pixel_spacing(cfg.data)
-        made = {name: computed_descriptor(name, options, spacing, self.console)
-                for name, options in cfg.features.items() if name != "cnn"}
-        self.computed = {name: fn for name, (fn, _) in made.items()}
-        self.feature_names = {name: names for name, (_, names) in made.items()}  # filled in as they run
+        self.computed = {name: computed_descriptor(name, options, spacing, self.console)
+                         for name, options in cfg.features.items() if name != "cnn"}
 
     def descriptors(self) -> dict:
         cnn = self.cfg.cnn
@@ -152,9 +149,7 @@ class FuseTSD:
                                  self.console, callbacks)
 
         descriptors = self.descriptors()
-        train, val = describe(data.train, descriptors), describe(data.val, descriptors)
-        names = {**{k: v for d in self.feature_names.values() for k, v in d.items()},
-                 "cnn": [f"cnn_{k}" for k in range(train["cnn"].shape[1])]}
+        (train, names), (val, _) = describe(data.train, descriptors), describe(data.val, descriptors)
         record, self.heads_, val_proba = descriptor_stage(
             run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(),
             cfg.predict, self.console, fitted={"feature_names": names})
@@ -175,7 +170,7 @@ class FuseTSD:
         loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, True, self.console)
         if not loaded.ids:
             return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
-        proba = self.heads_.predict_proba(describe(loaded, self.descriptors()))
+        proba = self.heads_.predict_proba(describe(loaded, self.descriptors())[0])
         return Predictions(loaded, torch.from_numpy(proba), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:

@@ -1,8 +1,8 @@
 """The descriptor stage: descriptors of each case, one classical head per descriptor (or one on all
 of them side by side), their probabilities fused.
 
-A descriptor is a function from loaded cases to an ``(n_cases, n_features)`` matrix: the
-hand-crafted ones of ``features`` (:func:`computed_descriptor`: GLCM texture, Fourier and shape
+A descriptor is a function from loaded cases to an ``(n_cases, n_features)`` matrix and its
+feature names: the hand-crafted ones of ``features`` (:func:`computed_descriptor`: GLCM texture, Fourier and shape
 descriptors inside each case's mask), or a recipe's learnt ones (pooled CNN features, Fisher
 vectors). ``head`` chooses the classifier (``svm`` or ``boosted_mlp``) and ``head.fusion`` how
 several descriptors decide together: ``mean`` of the heads' probabilities, majority ``vote``, or
@@ -33,7 +33,7 @@ from medsight.recipes.prepare import Loaded
 from medsight.rundir import RunDir, RunRecord, StageRecord
 
 HEADS_FILE = "heads.safetensors"
-Descriptor = Callable[[Loaded], np.ndarray]
+Descriptor = Callable[[Loaded], tuple[np.ndarray, list[str]]]  # cases -> (matrix, feature names)
 
 
 def typed_features(features: dict[str, Any], learnt: Mapping[str, type] = {}) -> dict[str, Any]:
@@ -76,25 +76,27 @@ def pixel_spacing(data: DataConfig) -> tuple[float, ...] | None:
     return None
 
 
-def computed_descriptor(name: str, options, spacing, console: Console) -> tuple[Descriptor, dict]:
-    """A hand-crafted descriptor of ``features`` as a function of loaded cases (masks needed), and a
-    dict that receives its feature names once it has run. A case it cannot describe is an error
-    naming the case."""
-    names: dict[str, list[str]] = {}
-
-    def describe(loaded: Loaded) -> np.ndarray:
+def computed_descriptor(name: str, options, spacing, console: Console) -> Descriptor:
+    """A hand-crafted descriptor of ``features`` (it needs each case's mask). A case it cannot
+    describe is an error naming the case."""
+    def describe(loaded: Loaded) -> tuple[np.ndarray, list[str]]:
         images = [loaded.images[i].numpy() for i in range(len(loaded.ids))]
         masks = [loaded.masks[i].numpy() for i in range(len(loaded.ids))]
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
             progress.add_task(f"{name} descriptors", total=None)
             try:
-                X, names[name] = describe_cases(name, images, masks, spacing, descriptor_options(name, options))
+                return describe_cases(name, images, masks, spacing, descriptor_options(name, options))
             except FeatureError as exc:
                 where = loaded.ids[exc.index] if exc.index is not None else f"features.{name}"
                 raise InputError(where, f"descriptor {name}: {exc}") from None
-        return X
 
-    return describe, names
+    return describe
+
+
+def describe(loaded: Loaded, descriptors: Mapping[str, Descriptor]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """Every descriptor of the cases: ({name: matrix}, {name: feature names})."""
+    out = {name: fn(loaded) for name, fn in descriptors.items()}
+    return {name: X for name, (X, _) in out.items()}, {name: names for name, (_, names) in out.items()}
 
 
 # -- heads ---------------------------------------------------------------------------------------------

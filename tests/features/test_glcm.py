@@ -23,13 +23,13 @@ from medsight.features.glcm import (
     SKIMAGE_PROPS,
     GLCMTexture,
     _row_length,
-    discretize,
     glcm_features,
     glcm_features_batch,
     glcm_matrices,
     graycoprops,
     offsets,
 )
+from medsight.features.levels import discretize
 
 # ------------------------------------------------------------------ hand-computed matrices
 

@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from medsight.data import open_dataset
 from medsight.data.base import Dataset
-from medsight.data.synthetic import make_dermoscopy, make_lesion, read_synthetic, write_folder
+from medsight.data.folder import write_folder
+from medsight.data.synthetic import make_dermoscopy, make_lesion, read_synthetic
 from medsight.errors import InputError, MedsightError
 
 skimage_measure = pytest.importorskip("skimage.measure")

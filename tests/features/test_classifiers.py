@@ -14,6 +14,10 @@ from sklearn.utils.estimator_checks import (
 from medsight.errors import FeatureError
 from medsight.features.classifiers import BoostedMLP, SVMHead
 
+# BoostedMLP's networks are tiny: with two threads on a busy 2-core machine OpenMP's barriers made
+# the boosting test take 200 s instead of 1 s
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _data(n=120, classes=2, seed=0):
     return make_classification(n_samples=n, n_features=6, n_informative=4, n_redundant=0, n_classes=classes,

@@ -1,4 +1,5 @@
-"""Tests of medsight.features.fisher: formulas, skimage agreement, fgFV, estimator contract."""
+"""Tests of medsight.features.fisher (formulas, skimage agreement, estimator contract) and of
+medsight.features.foreground (fgFV, membership maps)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,8 @@ from sklearn.utils.estimator_checks import (
 
 from medsight.errors import FeatureError
 from medsight.features import fisher
-from medsight.features.fisher import (
-    FisherVector,
-    ForegroundFisherVector,
-    fisher_vector,
-    fisher_vectors,
-    membership_map,
-)
+from medsight.features.fisher import FisherVector, fisher_vector, fisher_vectors
+from medsight.features.foreground import ForegroundFisherVector, membership_map
 
 
 def dense_fv(x, w, mu, var, min_posterior=0.0):
@@ -420,7 +416,7 @@ def test_weight_learning_gradient_stays_finite_when_every_weight_is_zero():
     # all weights clamped to 0 (nothing helped) once made sqrt's infinite slope at 0 poison c with NaN
     import torch
 
-    from medsight.features.fisher import _surrogate
+    from medsight.features.foreground import _surrogate
 
     rng = np.random.default_rng(0)
     scores, sq = torch.as_tensor(rng.normal(size=(6, 3, 4))), torch.as_tensor(rng.uniform(1, 2, (6, 4)))

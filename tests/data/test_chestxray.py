@@ -1,4 +1,4 @@
-"""ChestX-ray14 reader (a tiny fixture in the NIH layout, written into tmp_path), multi-label tasks,
+"""ChestX-ray14 reader (a tiny fixture in the NIH layout, written into tmp_path by builders), multi-label tasks,
 and the synthetic multi-label chest X-rays."""
 
 from __future__ import annotations
@@ -14,64 +14,7 @@ from medsight.data.chestxray14 import CLASSES, read_chestxray14, read_grey
 from medsight.data.synthetic_xray import image_rng, make_chest_xray, make_chest_xrays
 from medsight.errors import InputError, MedsightError
 
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
-# image, findings, follow-up, patient, age, gender, view
-ROWS = [
-    ("00000001_000.png", "Cardiomegaly|Emphysema", 0, 1, 58, "M", "PA"),
-    ("00000001_001.png", "Cardiomegaly|Effusion", 1, 1, 58, "M", "PA"),
-    ("00000001_002.png", "No Finding", 2, 1, 58, "M", "PA"),
-    ("00000001_003.png", "Hernia", 3, 1, 59, "M", "PA"),
-    ("00000002_000.png", "No Finding", 0, 2, 81, "M", "PA"),
-    ("00000003_000.png", "Hernia", 0, 3, 74, "F", "PA"),
-    ("00000003_001.png", "Atelectasis|Effusion|Infiltration", 1, 3, 75, "F", "AP"),
-    ("00000004_000.png", "Mass|Nodule", 0, 4, 82, "M", "AP"),
-    ("00000005_000.png", "Pleural_Thickening", 0, 5, 69, "F", "PA"),
-    ("00000006_000.png", "No Finding", 0, 6, 12, "F", "PA"),
-    ("00000007_000.png", "Pneumothorax", 0, 7, 40, "M", "PA"),
-    ("00000008_000.png", "Edema|Consolidation|Pneumonia|Fibrosis", 0, 8, 33, "F", "AP"),
-]
-TEST_IMAGES = ("00000007_000.png", "00000008_000.png")
-MODES = ("L", "RGB", "RGBA")
-
-
-def grey_of(name: str, size=(8, 6)) -> np.ndarray:
-    """The grey pixels (H, W) written for ``name``, whatever the PNG mode."""
-    seed = int(name[:8]) * 10 + int(name[9:12])
-    return np.random.default_rng(seed).integers(0, 256, (size[1], size[0]), dtype=np.uint8)
-
-
-def write_png(path: Path, grey: np.ndarray, mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "L":
-        arr = grey
-    elif mode == "RGB":
-        arr = np.stack([grey] * 3, axis=-1)
-    else:
-        arr = np.stack([grey] * 3 + [np.full_like(grey, 255)], axis=-1)
-    Image.fromarray(arr, mode).save(path)
-
-
-def csv_line(name, findings, follow_up, patient, age, gender, view) -> str:
-    return f"{name},{findings},{follow_up},{patient},{age},{gender},{view},2500,2048,0.143,0.139,"
-
-
-def make_chestxray14(root: Path, rows=ROWS, test=TEST_IMAGES, flat=False, skip_images=(), extra_train=(),
-                     extra_test=()) -> Path:
-    """The NIH layout: CSV, split lists, PNGs in images_001/images and images_002/images (or a flat
-    images/ folder), the image modes cycling through grey, RGB and RGBA."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Data_Entry_2017.csv").write_text("\n".join([HEADER] + [csv_line(*r) for r in rows]) + "\n")
-    names = [r[0] for r in rows]
-    (root / "train_val_list.txt").write_text(
-        "\n".join([n for n in names if n not in test] + list(extra_train)) + "\n")
-    (root / "test_list.txt").write_text("\n".join([n for n in names if n in test] + list(extra_test)) + "\n")
-    for i, name in enumerate(names):
-        if name in skip_images:
-            continue
-        folder = root / "images" if flat else root / ("images_001" if i < len(names) // 2 else "images_002") / "images"
-        write_png(folder / name, grey_of(name), MODES[i % 3])
-    return root
+from builders import ROWS, TEST_IMAGES, grey_of, make_chestxray14, write_png
 
 
 def assert_names(exc_info, *parts):

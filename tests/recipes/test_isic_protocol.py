@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from medsight.cli import main
-from medsight.config import parse_config
-from medsight.data.synthetic import make_dermoscopy, write_folder
-from medsight.errors import ConfigError
-from medsight.recipes.classification import task_metrics
 from medsight.data.base import Task
+from medsight.data.folder import write_folder
+from medsight.data.synthetic import make_dermoscopy
+from medsight.errors import ConfigError
+from medsight.recipes import RECIPES, parse_config
+from medsight.recipes.classification import one_vs_rest_classes, task_metrics
+from medsight.rundir import RunDir
 
 CLASSES = ("nevus", "melanoma", "seborrheic_keratosis")
 
@@ -67,11 +69,15 @@ def test_three_class_run_reports_melanoma_and_sk_with_nine_crops(tmp_path, capsy
 
 
 def test_one_vs_rest_names_must_be_classes(tmp_path):
-    from medsight.recipes import RECIPES
-
-    cfg = parse_config({"recipe": "classification", "model": {"name": "resnet18"},
-                        "predict": {"one_vs_rest": ["melanoma", "psoriasis"]}})
-    recipe = RECIPES["classification"](cfg)
-    recipe.run_info = {"task": {"name": "d", "classes": list(CLASSES), "mapping": {c: i for i, c in enumerate(CLASSES)}}}
+    task = Task.multiclass("d", CLASSES)
+    assert one_vs_rest_classes(["melanoma", "seborrheic_keratosis"], task) == ["melanoma", "seborrheic_keratosis"]
     with pytest.raises(ConfigError, match="psoriasis"):
-        recipe.reported()
+        one_vs_rest_classes(["melanoma", "psoriasis"], task)
+    # the recipe checks the names against the task of its data before it trains or writes anything
+    cfg = parse_config({"recipe": "classification", "model": {"name": "resnet18", "options": {"width": 8}},
+                        "data": {"root": str(three_class_folder(tmp_path / "data")), "task": "label",
+                                 "image_size": [32, 32]},
+                        "predict": {"one_vs_rest": ["melanoma", "psoriasis"]}})
+    with pytest.raises(ConfigError, match="psoriasis"):
+        RECIPES["classification"](cfg).train(RunDir(tmp_path / "run"), device="cpu")
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
 """Dataset readers: small fixtures of every layout written into tmp_path, plus the real datasets in
-../shared/datasets (each test skipped when its dataset is absent)."""
+../shared/datasets or $MEDSIGHT_DATASETS (each test skipped when its dataset is absent)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from medsight.data.isic import read_isic2017, read_isic2018
 from medsight.data.medmnist import read_medmnist
 from medsight.data.ph2 import read_ph2
 from medsight.errors import InputError, MedsightError
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
 
 # --- fixture writers -----------------------------------------------------------------------------
 
@@ -588,17 +585,10 @@ def test_summarize_multisplit_dataset(tmp_path):
     assert "val: melanoma 1" in format_summary(summary)
 
 
-# --- real datasets in ../shared/datasets ------------------------------------------------------------
+# --- real datasets (the conftest fixtures: ../shared/datasets or $MEDSIGHT_DATASETS) ----------------
 
-def real(name: str) -> Path:
-    path = DATASETS / name
-    if not path.exists():
-        pytest.skip(f"{name} dataset not found at {path}")
-    return path
-
-
-def test_real_ph2():
-    ds = open_dataset(real("ph2"))
+def test_real_ph2(ph2):
+    ds = open_dataset(ph2)
     assert ds.name == "ph2" and len(ds) == 140
     counts = {c: sum(s.diagnosis == c for s in ds.samples) for c in ds.classes}
     assert counts == {"common_nevus": 56, "atypical_nevus": 56, "melanoma": 28}
@@ -609,8 +599,8 @@ def test_real_ph2():
     assert validate(ds, ds.task()) == []
 
 
-def test_real_isic2017():
-    ds = open_dataset(real("isic2017"))
+def test_real_isic2017(isic2017):
+    ds = open_dataset(isic2017)
     assert ds.name == "isic2017"
     for split, n, mel, sk in (("train", 2000, 374, 254), ("val", 150, 30, 42)):
         part = ds.subset(split)
@@ -622,8 +612,8 @@ def test_real_isic2017():
         assert s.load_image().shape == (3, 256, 256)
 
 
-def test_real_dermamnist():
-    ds = open_dataset(real("dermamnist"))
+def test_real_dermamnist(dermamnist):
+    ds = open_dataset(dermamnist)
     assert ds.name == "medmnist" and len(ds.classes) == 7
     assert len(ds.subset("train")) == 7007 and len(ds.subset("val")) == 1003 and len(ds.subset("test")) == 0
     assert ds.samples[0].image.shape == (3, 28, 28)
