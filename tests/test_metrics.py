@@ -3,7 +3,6 @@ the results table (medsight.report.format_table) and JSON output (medsight.io) t
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from medsight.io import jsonable, to_json
 from medsight.metrics import (
     BinaryClassificationMetric,
     MulticlassClassificationMetric,
@@ -25,7 +23,6 @@ from medsight.metrics import (
     segmentation_metrics_batch,
     summarize_repeats,
 )
-from medsight.report import format_table
 
 TOL = 1e-12
 nan = float("nan")
@@ -500,65 +497,3 @@ def test_summarize_repeats_nan_missing_and_single():
     assert summarize_repeats([]) == {}
     with pytest.raises(TypeError, match="non-numeric"):
         summarize_repeats([{"name": "run1"}])
-
-
-# ------------------------------------------------------------------ tables and JSON
-
-
-def test_format_table_markdown_with_repeats():
-    runs = [{"ACC": 0.8753, "AUC": 0.94}, {"ACC": 0.8993, "AUC": 0.95}]
-    rows = {
-        "MV-KBC": summarize_repeats(runs),
-        "baseline": {"ACC": 0.8538, "AUC": 0.8819, "SEN": nan},
-    }
-    md = format_table(rows, metrics=["ACC", "AUC", "SEN"], style="markdown")
-    lines = md.splitlines()
-    assert lines[0] == "| method | ACC | AUC | SEN |"
-    assert set(lines[1]) <= set("|:-") and lines[1].count("|") == 5
-    std = np.std([0.8753, 0.8993], ddof=1) * 100
-    assert lines[2] == f"| MV-KBC | 88.73 ± {std:.2f} | 94.50 ± 0.71 | - |"
-    assert lines[3] == "| baseline | 85.38 | 88.19 | n/a |"
-    assert len(lines) == 4
-
-
-def test_format_table_text_defaults_and_options():
-    rows = {
-        "a": summarize_repeats([{"BMA": 0.798, "AUC": 0.95}]),
-        "b|c": summarize_repeats([{"BMA": 0.7, "AUC": nan}, {"BMA": 0.8, "AUC": 0.9}, {"BMA": 0.9, "AUC": 0.8}]),
-    }
-    text = format_table(rows, percent=False, digits=3)
-    lines = text.splitlines()
-    assert lines[0].split() == ["method", "BMA", "AUC"]
-    assert "|" not in lines[0]
-    assert lines[2].split() == ["a", "0.798", "0.950"]  # n == 1: no ± part
-    assert "0.800 ± 0.100" in lines[3] and "0.850 ± 0.071 (n=2)" in lines[3]
-    md = format_table(rows, style="markdown", percent=False, digits=3)
-    assert "| b\\|c |" in md
-    with pytest.raises(ValueError, match="style"):
-        format_table(rows, style="latex")
-
-
-def test_jsonable_and_to_json(tmp_path):
-    obj = {
-        "AUC": np.float32(0.5),
-        "SEN": nan,
-        "n": np.int64(3),
-        "ok": np.bool_(True),
-        "values": np.array([0.1, np.nan]),
-        "nested": ({"x": float("inf")},),
-        1: None,
-    }
-    got = jsonable(obj)
-    assert got == {"AUC": 0.5, "SEN": None, "n": 3, "ok": True, "values": [0.1, None], "nested": [{"x": None}], "1": None}
-    assert type(got["n"]) is int and type(got["AUC"]) is float
-    summary = summarize_repeats([{"SE": nan, "JA": 0.8}, {"SE": 0.5, "JA": 0.9}])
-    path = tmp_path / "metrics.json"
-    text = to_json(summary, path)
-    back = json.loads(path.read_text())
-    assert json.loads(text) == back
-    assert back["SE"]["values"] == [None, 0.5] and back["SE"]["n"] == 1
-    # a JSON round trip reads back into the summariser and the table
-    assert summarize_repeats([{"SE": None}, {"SE": 0.5}])["SE"]["n"] == 1
-    assert "n/a" in format_table({"r": {"SE": None}})
-    with pytest.raises(TypeError):
-        jsonable({"x": object()})

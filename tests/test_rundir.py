@@ -108,3 +108,42 @@ def test_a_finished_run_is_required_to_predict(tmp_path):
         run.finished_record()
     run.write_split({"train": ["a", "b"], "heldout": ["c"]})
     assert run.split_ids("heldout") == ["c"] and run.split_ids("val") == []
+
+
+@pytest.mark.slow
+def test_a_run_of_the_earlier_layout_predicts_as_before(tmp_path):
+    """A run written before the stages existed (one flat run.json, every section in config.yaml)
+    loads, predicts the same, and is described by the report."""
+    import shutil
+
+    from medsight.cli import main
+
+    from builders import CONFIGS
+
+    run = tmp_path / "run"
+    assert main(["train", str(CONFIGS / "demo_resnet.yaml"), "--out", str(run), "--epochs", "1", "--device", "cpu",
+                 "--set", "data.options.n=32", "--set", "data.options.size=32", "--set", "data.image_size=[32,32]",
+                 "--set", "model.options.width=4"]) == 0
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    rec = json.loads((run / RECORD_FILE).read_text())
+    stage = rec["stages"]["network"]
+    layout_1 = {"medsight_version": "0.1.0", "recipe": "classification", "finished": True, "task": rec["task"],
+                "in_channels": rec["input"]["channels"], "image_size": rec["input"]["image_size"],
+                "mean": rec["input"]["mean"], "std": rec["input"]["std"], "data": rec["data"],
+                "monitor": stage["monitor"], "best_epoch": stage["best_epoch"], "epochs_run": stage["epochs_run"],
+                "train_seconds": rec["train_seconds"], "device": rec["device"]}
+    (old / RECORD_FILE).write_text(json.dumps(layout_1))
+    config = yaml.safe_load((run / CONFIG_FILE).read_text())
+    config.update(features={}, head={"name": "svm", "options": {}, "fusion": "mean"})  # layout 1 wrote every section
+    (old / CONFIG_FILE).write_text(yaml.safe_dump(config))
+
+    cases = tmp_path / "cases"
+    assert main(["data", "synth", str(cases), "--n", "6", "--size", "40", "--seed", "2"]) == 0
+    for name in ("run", "old"):
+        assert main(["predict", str(tmp_path / name), str(cases), "--out", str(tmp_path / f"pred_{name}"),
+                     "--device", "cpu"]) == 0
+    assert (tmp_path / "pred_old" / "predictions.csv").read_text() == \
+        (tmp_path / "pred_run" / "predictions.csv").read_text()
+    assert main(["report", str(old), "--out", str(tmp_path / "r.md")]) == 0
+    assert "network: best epoch 1 of 1" in (tmp_path / "r.md").read_text()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from medsight.cli import main
 from medsight.data import open_dataset
@@ -91,6 +92,30 @@ def test_synthetic_train_predict_evaluate(synth_run, tmp_path, capsys):
     aucs = [result["metrics"][f"{c} AUC"] for c in LABELS]
     assert all(v is not None for v in aucs)  # every label present and absent among the 12
     assert result["metrics"]["mean AUC"] == pytest.approx(np.mean(aucs))
+
+
+def test_predict_maps_of_the_most_probable_finding(synth_run, tmp_path, capsys):
+    """The multilabel recipe declares CAMs: each case gets the Grad-CAM of its most probable finding
+    at its own size (ChestNet's head is not GAP + linear, so plain CAM is refused with a reason)."""
+    from medsight.explain import MapWriter, class_maps
+    from medsight.recipes.common import load_cases
+
+    root = write_nih(make_chest_xrays(n=4, size=72, seed=8), tmp_path / "cases")
+    code, _, err = cli(capsys, "predict", synth_run, root, "--out", tmp_path / "pred", "--device", "cpu",
+                       "--maps", "gradcam")
+    assert code == 0, err
+    recipe = load_recipe(synth_run, "cpu")
+    loaded, _ = load_cases(open_dataset(root), recipe.cfg, recipe.record_.input, False, recipe.console)
+    x = next(eval_batches(loaded, recipe.record_.input, 32))["x"]
+    top = torch.sigmoid(recipe.model_(x)).argmax(1)
+    want = MapWriter(tmp_path / "want")
+    for case, m in zip(loaded.ids, class_maps(recipe.model_, x, "gradcam", target=top).detach().numpy()):
+        want.write(case, np.asarray(Image.open(root / "images" / f"{case}.png"))[None], m)
+        got = np.asarray(Image.open(tmp_path / "pred" / "maps" / f"{case}.png"))
+        assert got.shape == (72, 72)
+        assert np.array_equal(got, np.asarray(Image.open(tmp_path / "want" / "maps" / f"{case}.png")))
+    code, _, err = cli(capsys, "predict", synth_run, root, "--out", tmp_path / "cam", "--maps", "cam")
+    assert code == 2 and "CAM does not apply" in err and not (tmp_path / "cam").exists()
 
 
 def test_multilabel_recipe_refuses_single_label_data(tmp_path, capsys):

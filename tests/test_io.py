@@ -1,0 +1,58 @@
+"""JSON output: numbers of any kind, nan as null, a round trip back into the summariser and the table;
+atomic output folders."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medsight.errors import MedsightError
+from medsight.io import jsonable, to_json, write_new_folder
+from medsight.metrics import summarize_repeats
+from medsight.report import format_table
+
+nan = float("nan")
+
+
+def test_jsonable_and_to_json(tmp_path):
+    obj = {
+        "AUC": np.float32(0.5),
+        "SEN": nan,
+        "n": np.int64(3),
+        "ok": np.bool_(True),
+        "values": np.array([0.1, np.nan]),
+        "nested": ({"x": float("inf")},),
+        1: None,
+    }
+    got = jsonable(obj)
+    assert got == {"AUC": 0.5, "SEN": None, "n": 3, "ok": True, "values": [0.1, None], "nested": [{"x": None}], "1": None}
+    assert type(got["n"]) is int and type(got["AUC"]) is float
+    summary = summarize_repeats([{"SE": nan, "JA": 0.8}, {"SE": 0.5, "JA": 0.9}])
+    path = tmp_path / "metrics.json"
+    text = to_json(summary, path)
+    back = json.loads(path.read_text())
+    assert json.loads(text) == back
+    assert back["SE"]["values"] == [None, 0.5] and back["SE"]["n"] == 1
+    # a JSON round trip reads back into the summariser and the table
+    assert summarize_repeats([{"SE": None}, {"SE": 0.5}])["SE"]["n"] == 1
+    assert "n/a" in format_table({"r": {"SE": None}})
+    with pytest.raises(TypeError):
+        jsonable({"x": object()})
+
+
+def test_an_output_folder_appears_whole_or_not_at_all(tmp_path):
+    def fill(folder):
+        (folder / "a.txt").write_text("a")
+
+    assert write_new_folder(tmp_path / "out", fill) == tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (tmp_path / "out" / "a.txt").is_file()
+
+    def broken(folder):
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_new_folder(tmp_path / "other", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written is left
+    with pytest.raises(MedsightError, match="exists and is not an empty folder"):
+        write_new_folder(tmp_path / "out", fill)
