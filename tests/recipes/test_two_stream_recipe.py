@@ -22,7 +22,7 @@ from medsight.config import NetworkConfig
 from medsight.engine import EMA, LossWeight, select_device
 from medsight.engine.checkpoint import load_state
 from medsight.recipes.classification import class_rows, evaluate_classes, task_metrics
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, fit_network, make_optimizer, network_outputs, restore_network,
                                       training_stream)
@@ -91,9 +91,7 @@ class ToyMeanTeacher:
     def train(self, run: RunDir, device: str = "auto", callbacks=()):
         cfg = self.cfg
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, False, self.console)
-        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console)
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         model = build_network(cfg, record.input, 2)

@@ -33,8 +33,7 @@ from medsight.data.base import Dataset, Task
 from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.metrics import binary_metrics, multiclass_metrics
-from medsight.recipes.common import (finish_run, label_stratum, labelled_cases, load_cases, prepare_training,
-                                     start_run)
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import CAM_METHODS, Predictions
 from medsight.recipes.network import (build_network, class_weights, crop_average, fit_network, flip_average,
                                       make_optimizer, network_outputs, restore_network, write_class_maps)
@@ -127,10 +126,9 @@ class Classification:
 
         cfg = self.cfg
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, False, self.console)
-        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
-        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console,
+                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
+        ovr = cfg.predict.one_vs_rest
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.model_ = build_network(cfg, record.input, len(data.task.classes))

@@ -87,6 +87,20 @@ def prepare_training(cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, 
     return TrainingData(dataset, task, split, train, val, info)
 
 
+def start_training(run: RunDir, cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, Task | None], list[Sample]],
+                   stratum: Callable[[Task | None, Sample], int], need_masks: bool, console: Console,
+                   check: Callable[[TrainingData], object] | None = None) -> tuple[TrainingData, RunRecord]:
+    """Everything before a recipe's first stage, in the order that never leaves a run directory in
+    the way: refuse a folder that may not be written (before any data is read), prepare the data
+    (:func:`prepare_training`), let ``check`` refuse settings the data contradicts, and only then
+    write the run directory (or take up the unfinished run in it)."""
+    resuming = run.resumable(cfg.to_dict())
+    data = prepare_training(cfg, recipe, select, stratum, need_masks, console)
+    if check is not None:
+        check(data)
+    return data, start_run(run, cfg, recipe, data, resuming, console)
+
+
 def start_run(run: RunDir, cfg: RecipeConfig, recipe: str, data: TrainingData, resuming: bool,
               console: Console) -> RunRecord:
     """The run's record, written with the split once the data has been read and checked: a new

@@ -26,7 +26,7 @@ from medsight.config import HeadConfig, RecipeConfig
 from medsight.data.base import Dataset
 from medsight.engine import select_device
 from medsight.recipes.classification import class_rows, evaluate_classes, one_vs_rest_classes
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -69,10 +69,8 @@ class Descriptors:
 
         cfg = self.cfg
         device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, True, self.console)
-        one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
-        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, True, self.console,
+                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
         started = time.perf_counter()
         (train, names), (val, _) = describe(data.train, self.descriptors), describe(data.val, self.descriptors)
         record, self.heads_, val_proba = descriptor_stage(

@@ -41,7 +41,7 @@ from medsight.features.fisher import FisherVector
 from medsight.features.foreground import ForegroundFisherVector, membership_map
 from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -151,10 +151,10 @@ class Fisher:
         if opts.cnn_weights and not Path(opts.cnn_weights).is_file():
             raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: file not found")
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, False, self.console)
-        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
-        self.record_ = record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console,
+                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
+        ovr = cfg.predict.one_vs_rest
+        self.record_ = record
         started = time.perf_counter()
 
         torch.manual_seed(cfg.seed)

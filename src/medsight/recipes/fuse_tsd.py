@@ -35,7 +35,7 @@ from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -127,10 +127,10 @@ class FuseTSD:
         if cnn.weights and not Path(cnn.weights).is_file():
             raise InputError(cnn.weights, "features.cnn.weights: file not found")
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, labelled_cases, label_stratum, True, self.console)
-        ovr = one_vs_rest_classes(cfg.predict.one_vs_rest, data.task)
-        self.record_ = record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, True, self.console,
+                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
+        ovr = cfg.predict.one_vs_rest
+        self.record_ = record
         started = time.perf_counter()
 
         torch.manual_seed(cfg.seed)

@@ -39,7 +39,7 @@ from medsight.data.base import Dataset, Sample, Task
 from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.metrics import multilabel_metrics
-from medsight.recipes.common import finish_run, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, load_cases, start_training
 from medsight.recipes.interface import CAM_METHODS, Predictions
 from medsight.recipes.network import (build_network, crop_average, fit_network, flip_average, make_optimizer,
                                       network_outputs, restore_network, write_class_maps)
@@ -145,9 +145,7 @@ class Multilabel:
 
         cfg = self.cfg
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, multilabel_cases, first_finding, False, self.console)
-        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, multilabel_cases, first_finding, False, self.console)
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.model_ = build_network(cfg, record.input, len(data.task.classes))

@@ -30,7 +30,7 @@ from medsight.data.imageio import write_png
 from medsight.engine import select_device
 from medsight.errors import InputError
 from medsight.metrics import segmentation_metrics, summarize_repeats
-from medsight.recipes.common import finish_run, label_stratum, load_cases, prepare_training, start_run
+from medsight.recipes.common import finish_run, label_stratum, load_cases, start_training
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, eval_batches, fit_network, flip_average, make_optimizer,
                                       network_outputs, restore_network)
@@ -97,9 +97,7 @@ class Segmentation:
 
         cfg = self.cfg
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
-        data = prepare_training(cfg, self.name, cases_with_masks, label_stratum, True, self.console)
-        record = start_run(run, cfg, self.name, data, resuming, self.console)
+        data, record = start_training(run, cfg, self.name, cases_with_masks, label_stratum, True, self.console)
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.model_ = build_network(cfg, record.input, 1)
