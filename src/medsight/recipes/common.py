@@ -51,11 +51,12 @@ def label_stratum(task: Task | None, sample: Sample) -> int:
 
 
 # -- before training ------------------------------------------------------------------------------
-def open_data(cfg: RecipeConfig, path=None, format: str | None = None) -> Dataset:
+def open_data(cfg: RecipeConfig) -> Dataset:
+    """The config's dataset (``data.root``, set by ``--data``; generated data needs none)."""
     data = cfg.data
-    if path is None and data.root is None and data.format not in GENERATED:
+    if data.root is None and data.format not in GENERATED:
         raise MedsightError("no data: pass --data PATH or set data.root in the config")
-    return open_dataset(path if path is not None else data.root, format=format or data.format, **data.options)
+    return open_dataset(data.root, format=data.format, **data.options)
 
 
 def preprocessor(cfg: RecipeConfig, channels: int | None):
