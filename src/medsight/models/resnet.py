@@ -49,7 +49,9 @@ class ResNetClassifier(ResNet):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
+        """A new classifier for ``num_classes``; 0 removes it (``forward_head`` then gives the pooled
+        features), as timm's ``reset_classifier(0)``."""
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 def _builder(name: str):

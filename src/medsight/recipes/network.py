@@ -73,9 +73,11 @@ def eval_batches(loaded: Loaded, info: InputInfo, batch_size: int) -> Iterator[d
 # -- training ----------------------------------------------------------------------------------------
 def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: Loaded, val: Loaded,
                 cfg: NetworkConfig, device: torch.device, console: Console, callbacks=(), folder: str = "",
-                unlabelled: Stream | None = None, epoch_length: str = "labelled") -> RunRecord:
-    """Train ``step`` with the loop: the labelled ``train`` cases (batches ``{"x", "mask", "y"}``),
-    or with ``unlabelled`` a second stream beside them (batches ``{"lb": ..., "ulb": ...}``).
+                unlabelled: Stream | None = None, epoch_length: str = "labelled",
+                stream: Stream | None = None) -> RunRecord:
+    """Train ``step`` with the loop: the labelled ``train`` cases (batches ``{"x", "mask", "y"}``
+    of :func:`training_stream`, or of the recipe's own ``stream``), or with ``unlabelled`` a second
+    stream beside them (batches ``{"lb": ..., "ulb": ...}``).
     Early stopping and the best epoch follow ``train.early_stopping`` (else the step's monitor).
     When an earlier attempt finished this stage, its best weights are read back instead.
     Returns the record with the stage finished (also written to the run directory)."""
@@ -90,7 +92,7 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
                       monitor=es.metric if es else None, mode=es.mode if es else None,
                       patience=es.patience if es else None, checkpoint_every=t.checkpoint_every,
                       callbacks=callbacks, console=console)
-    labelled = training_stream(train, record.input, cfg, device)
+    labelled = stream or training_stream(train, record.input, cfg, device)
     if unlabelled is None:
         batches: Callable[[int], Iterator] = lambda epoch: one_stream(labelled, cfg.seed, epoch)  # noqa: E731
         steps = labelled.steps()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from medsight.data.base import Sample
 from medsight.errors import ConfigError, MedsightError
-from medsight.transforms.views import PATCH_TYPES, nodule_views
+from medsight.transforms.views import PATCH_TYPES, VIEW_NAMES, nodule_views
 from medsight.transforms.volume import crop_centered, crop_centered_mask, mask_centre, normalise_hu
 
 Preprocess = Callable[[np.ndarray, "np.ndarray | None", Sample], tuple[np.ndarray, "np.ndarray | None"]]
@@ -96,10 +96,12 @@ def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=(32.0, 32.0
 
 
 def nodule_views_pre(size: tuple[int, ...], channels: int | None, patches=("OA",), size_mm: float | None = None,
-                     size_factor: float = 1.5, min_size_mm: float = 16.0, scaling: str = "minmax") -> Preprocess:
-    """The 9 planar views of methods.md through the nodule centre, each as the chosen patch types
-    (OA, HVV, HS), stacked view-major along the channel axis: ``(9 * len(patches), S, S)``. With the
-    case's mask, also the nodule mask sampled on each output channel's plane, ``(9 * len(patches), S, S)``.
+                     size_factor: float = 1.5, min_size_mm: float = 16.0, scaling: str = "minmax",
+                     views=VIEW_NAMES) -> Preprocess:
+    """The planar views of methods.md through the nodule centre (``views``: all 9 by default, or
+    some of :data:`~medsight.transforms.views.VIEW_NAMES`), each as the chosen patch types (OA,
+    HVV, HS), stacked view-major along the channel axis: ``(len(views) * len(patches), S, S)``.
+    With the case's mask, also the nodule mask sampled on each output channel's plane.
 
     The patch width is ``size_mm`` or ``max(size_factor x equivalent diameter, min_size_mm)``;
     1.5 rather than the views module's 2.0 because the shared LIDC VOIs are cut tight around the
@@ -109,13 +111,17 @@ def nodule_views_pre(size: tuple[int, ...], channels: int | None, patches=("OA",
     chosen = [PATCH_TYPES.index(p) for p in patches] if set(patches) <= set(PATCH_TYPES) else None
     if not chosen:
         raise ConfigError(f"data.preprocess_options.patches: choose from {PATCH_TYPES}, got {list(patches)}")
+    planes = [VIEW_NAMES.index(v) for v in views] if set(views) <= set(VIEW_NAMES) else None
+    if not planes:
+        raise ConfigError(f"data.preprocess_options.views: choose from {VIEW_NAMES}, got {list(views)}")
 
     def apply(image, mask, sample):
         volume, nodule, centre = _nodule(image, mask, sample)
-        views, planes = nodule_views(volume, nodule, sample.spacing, centre, size_mm, size[0], scaling=scaling,
-                                     size_factor=size_factor, min_size_mm=min_size_mm, return_masks=True)
-        view_masks = None if mask is None else np.repeat(planes, len(chosen), axis=0)  # one per output channel
-        return _to_uint8(views[:, chosen].reshape(-1, size[0], size[1])), view_masks
+        patches_, masks_ = nodule_views(volume, nodule, sample.spacing, centre, size_mm, size[0], scaling=scaling,
+                                        size_factor=size_factor, min_size_mm=min_size_mm, return_masks=True)
+        patches_, masks_ = patches_[planes], masks_[planes]
+        view_masks = None if mask is None else np.repeat(masks_, len(chosen), axis=0)  # one per output channel
+        return _to_uint8(patches_[:, chosen].reshape(-1, size[0], size[1])), view_masks
 
     return apply
 
