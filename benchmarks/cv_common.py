@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -61,3 +62,34 @@ def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str,
     text = "\n\n".join(part for section in sections for part in section)
     print(text)
     (out / "summary.md").write_text(text + "\n")
+
+
+def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """The threshold maximising SEN + SPE - 1 on (y, score) (the lowest of ties)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, score)
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def threshold_metrics(run_dir: Path, data: Path) -> dict:
+    """Binary metrics of a fold run's held-out cases at the threshold chosen on its own validation
+    cases (Youden's J), next to the held-out AUC (which no threshold changes)."""
+    from medsight.data import open_dataset
+    from medsight.metrics import binary_metrics
+    from medsight.recipes import load_recipe
+
+    recipe = load_recipe(run_dir, device="cpu")
+    run = RunDir(run_dir)
+    dataset = open_dataset(data, format=recipe.cfg.data.format, **recipe.cfg.data.options)
+    task = recipe.record_.task
+    scores = {}
+    for part in ("val", "heldout"):
+        ids = set(run.split_ids(part))
+        subset = dataclasses.replace(dataset, samples=[s for s in dataset.samples if s.id in ids])
+        preds = recipe.predict(subset)
+        by_id = {s.id: s for s in subset.samples}
+        y = np.array([task.label_of(by_id[i].diagnosis) for i in preds.loaded.ids])
+        scores[part] = (y, preds.outputs.numpy()[:, 1])
+    threshold = youden_threshold(*scores["val"])
+    return {**binary_metrics(*scores["heldout"], threshold=threshold), "threshold": threshold}

@@ -5,8 +5,13 @@ Each fold k: ``medsight train configs/<config>.yaml --set data.folds=10 --set da
 ``medsight evaluate RUN VOIS --split heldout``, for the image baselines (resnet3d, multiview), the
 talk's descriptor baselines (3D GLCM + SVM, multi-view features + SVM) and Fuse-TSD. The diameter peer is
 fitted on the same training folds and scored on the same held-out fold. Finished folds are reused.
+Besides the metrics at the fixed threshold 0.5: the same held-out metrics at the threshold each
+fold run chooses on its own validation cases (Youden's J; ``--chosen-threshold``), and the per-fold
+AUC difference against the diameter peer (mean ± std over folds).
 
     python -m benchmarks.lidc_cv --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
+    python -m benchmarks.lidc_cv --configs configs/lidc_voi_mvkbc.yaml --name mvkbc_oa_only \
+        --set "data.preprocess_options.patches=[OA]"        # an ablation: its own run folder
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.cv_common import ROOT, folds_of, run_fold, write_summary
+from benchmarks.cv_common import ROOT, folds_of, run_fold, threshold_metrics, write_summary
 from medsight.data import open_dataset
 from medsight.metrics import binary_metrics, summarize_repeats
 from medsight.report import format_table
@@ -46,20 +51,40 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "lidc_cv")
     parser.add_argument("--configs", nargs="+", default=CONFIGS, help="configs to cross-validate")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key in every run (with --name for a run folder of its own)")
+    parser.add_argument("--name", help="the runs' folder and row name (default: the config's name)")
+    parser.add_argument("--label-rule", choices=["diagnosis", "malignancy"], default="diagnosis",
+                        help="the reader's label rule (malignancy: mean rating < 3 / > 3, 3 left out)")
+    parser.add_argument("--chosen-threshold", action="store_true",
+                        help="also the metrics at the threshold chosen on each run's validation cases")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
-    dataset = open_dataset(args.data, format="lidc-voi")
-    rows = {"diameter_mm + LR (peer)": summarize_repeats(
-        diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)))}
-    timings = {}
+    dataset = open_dataset(args.data, format="lidc-voi", label_rule=args.label_rule)
+    overrides = tuple(args.overrides) + ((f"data.options.label_rule={args.label_rule}",)
+                                         if args.label_rule != "diagnosis" else ())
+    peer = diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS))
+    rows = {"diameter_mm + LR (peer)": summarize_repeats(peer)}
+    chosen, differences, timings = {}, {}, {}
     for config in args.configs:
-        name = Path(config).stem
-        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS) for k in range(FOLDS)]
+        name = args.name or Path(config).stem
+        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=overrides)
+                         for k in range(FOLDS)]
         rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])
-    write_summary(args.out, [(f"Benign vs malignant, {len(dataset)} nodules, held-out folds "
-                              f"(mean ± std over {FOLDS} folds):", format_table(rows, METRICS, style="markdown"))],
-                  timings)
+        differences[name] = summarize_repeats([{"AUC - peer AUC": r["metrics"]["AUC"] - p["AUC"]}
+                                               for r, p in zip(timings[name], peer)])
+        if args.chosen_threshold:
+            chosen[f"{name}, threshold chosen on validation"] = summarize_repeats(
+                [threshold_metrics(args.out / name / f"fold{k}", args.data) for k in range(FOLDS)])
+    sections = [(f"Benign vs malignant, {len(dataset)} nodules ({args.label_rule} labels), held-out folds, "
+                 f"threshold 0.5 (mean ± std over {FOLDS} folds):", format_table(rows, METRICS, style="markdown")),
+                ("Per-fold held-out AUC minus the diameter peer's on the same fold:",
+                 format_table(differences, ["AUC - peer AUC"], style="markdown"))]
+    if chosen:
+        sections.append(("The same runs at the threshold each chose on its validation cases (Youden's J):",
+                         format_table(chosen, [*METRICS, "threshold"], style="markdown")))
+    write_summary(args.out, sections, timings)
 
 
 if __name__ == "__main__":
