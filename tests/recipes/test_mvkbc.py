@@ -12,8 +12,8 @@ from medsight.cli import main
 from medsight.config import AugmentConfig
 from medsight.models import create_model
 from medsight.recipes import load_config
-from medsight.recipes.mvkbc import (MVKBCOptions, MVKBCStep, patch_stream, penalty_loss, released_penalty_loss,
-                                    view_grad_cams)
+from medsight.recipes.mvkbc import (MVKBCOptions, MVKBCStep, nodule_size, patch_stream, penalty_loss,
+                                    released_penalty_loss, view_grad_cams)
 from medsight.recipes.prepare import Loaded
 from medsight.rundir import InputInfo, RunDir
 
@@ -59,15 +59,33 @@ def test_the_losses_give_the_streams_a_gradient():
     for penalty in ("paper", "released", "none"):
         model.zero_grad()
         step = MVKBCStep(model, MVKBCOptions(penalty=penalty), None)
-        step.loss(step.logits(x), y).backward()
+        step.loss(step.logits({"x": x}, torch.device("cpu")), y).backward()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.streams.parameters()), penalty
         assert model.fusion.weight.grad.abs().sum() > 0
     model.zero_grad()
     pretrain = MVKBCStep(model, MVKBCOptions(), None, per_view=True)  # each view's KBC on its own
-    z = pretrain.logits(x)
+    z = pretrain.logits({"x": x}, torch.device("cpu"))
     assert z.shape == (4, 9)
     pretrain.loss(z, y).backward()
     assert model.fusion.weight.grad is None and all(k.weight.grad.abs().sum() > 0 for k in model.kbc)
+
+
+def test_the_size_input_is_the_log_equivalent_diameter():
+    yy, xx = np.mgrid[:40, :40]
+    disc = torch.from_numpy(((yy - 19.5) ** 2 + (xx - 19.5) ** 2 <= 8 ** 2).astype(np.uint8))
+    masks = torch.stack([disc.repeat(27, 1, 1), torch.zeros(27, 40, 40, dtype=torch.uint8)])
+    masks[1, :9] = disc  # a third of the planes: a third of the mean area
+    got = nodule_size(masks, mm_per_pixel=0.5)
+    area = float(disc.sum()) * 0.25  # mm^2
+    want = [np.log(2 * np.sqrt(area / np.pi) / 10), np.log(2 * np.sqrt(area / 3 / np.pi) / 10)]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+    assert np.exp(want[0]) * 10 == pytest.approx(8.0, rel=0.02)  # a disc of radius 8 px at 0.5 mm: 8 mm wide
+    torch.manual_seed(0)
+    model = create_model("mvkbc", in_channels=27, backbone="resnet14", hidden=(8, 4), width=4, size_input=True)
+    assert model.fusion.in_features == 19
+    with pytest.raises(ValueError, match="pass size"):
+        model(torch.randn(2, 27, 32, 32))
+    assert model(torch.randn(2, 27, 32, 32), got).shape == (2, 2)
 
 
 @pytest.mark.parametrize("unit,distinct", [("patch", True), ("nodule", False)])
@@ -104,7 +122,8 @@ def test_mvkbc_trains_with_view_pretraining_predicts_with_maps_and_evaluates(tmp
     args = ["--data", str(data), "--out", str(run), "--epochs", "2", "--device", "cpu",
             "--set", "data.folds=3", "--set", "data.fold=0", "--set", "data.val_fraction=0.3",
             "--set", "data.image_size=[24,24]", "--set", "model.options.width=4",
-            "--set", "model.options.hidden=[8,4]", "--set", "mvkbc.pretrain_views=true"]
+            "--set", "model.options.hidden=[8,4]", "--set", "mvkbc.pretrain_views=true",
+            "--set", "mvkbc.size_input=true"]
     assert main(["train", str(CONFIGS / "lidc_voi_mvkbc.yaml"), *args]) == 0
     record = RunDir(run).read_record()
     assert record.stage("kbc").epochs_run == 2 and record.stage("network").finished
@@ -131,3 +150,6 @@ def test_the_recipe_takes_the_views_and_its_own_network(tmp_path):
     cfg = load_config(CONFIGS / "lidc_voi_mvkbc.yaml", ["data.preprocess_options.views=[axial, coronal, sagittal]",
                                                         "data.preprocess_options.patches=[OA]"])
     assert (cfg.views, cfg.patches) == (3, 1)
+    with pytest.raises(ConfigError, match="size_mm"):
+        load_config(CONFIGS / "lidc_voi_mvkbc.yaml", ["mvkbc.size_input=true",
+                                                      "data.preprocess_options={patches: [OA], size_factor: 1.5}"])

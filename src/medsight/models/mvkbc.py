@@ -10,7 +10,9 @@ along the channel axis: ``(B, views * patches, S, S)`` (``data.preprocess: nodul
 - A **KBC** per view (knowledge-based collaborative submodel): the view's patch softmaxes side by
   side, one learned layer to 2 units, softmax.
 - The **view weighting**: the views' KBC softmaxes side by side, one learned layer to a single
-  sigmoid unit, the malignancy probability.
+  sigmoid unit, the malignancy probability. With ``size_input`` the layer also reads one number
+  per nodule, its size (medsight's option, not the paper's: the log of the equivalent diameter,
+  see :mod:`medsight.recipes.mvkbc`), so that the views add to what size alone says.
 
 ``forward`` returns the logits ``(0, z)`` of the two classes (benign, malignant), so that the
 softmax recipes read ``sigmoid(z)`` as the malignancy probability; :meth:`MVKBC.view_probs` gives
@@ -47,14 +49,15 @@ class PatchStream(nn.Module):
 
 class MVKBC(nn.Module):
     def __init__(self, views: int = 9, patches: int = 3, backbone: str = "resnet50", share_views: bool = False,
-                 hidden: tuple[int, int] = (2048, 1024), dropout: float = 0.5, **backbone_options):
+                 hidden: tuple[int, int] = (2048, 1024), dropout: float = 0.5, size_input: bool = False,
+                 **backbone_options):
         super().__init__()
-        self.views, self.patches, self.share_views = views, patches, share_views
+        self.views, self.patches, self.share_views, self.size_input = views, patches, share_views, size_input
         n_streams = patches if share_views else views * patches
         self.streams = nn.ModuleList(PatchStream(backbone, tuple(hidden), dropout, **backbone_options)
                                      for _ in range(n_streams))
         self.kbc = nn.ModuleList(nn.Linear(2 * patches, 2) for _ in range(views))
-        self.fusion = nn.Linear(2 * views, 1)
+        self.fusion = nn.Linear(2 * views + int(size_input), 1)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -87,19 +90,24 @@ class MVKBC(nn.Module):
     def view_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.view_probs_from_maps(self.stream_maps(x))
 
-    def logit_from_views(self, view_probs: torch.Tensor) -> torch.Tensor:
-        """z of the malignancy probability sigmoid(z), (B,)."""
-        return self.fusion(view_probs.flatten(1))[:, 0]
+    def logit_from_views(self, view_probs: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+        """z of the malignancy probability sigmoid(z), (B,); ``size`` (B,) with ``size_input``."""
+        inputs = view_probs.flatten(1)
+        if self.size_input:
+            if size is None:
+                raise ValueError("this MV-KBC reads each nodule's size: pass size")
+            inputs = torch.cat([inputs, size.to(inputs).reshape(-1, 1)], 1)
+        return self.fusion(inputs)[:, 0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.logit_from_views(self.view_probs(x))
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.logit_from_views(self.view_probs(x), size)
         return torch.stack([torch.zeros_like(z), z], 1)
 
 
 @register_model
 def mvkbc(in_channels: int = 27, num_classes: int = 2, spatial_dims: int = 2, views: int = 9, patches: int = 3,
           backbone: str = "resnet50", share_views: bool = False, hidden=(2048, 1024), dropout: float = 0.5,
-          **backbone_options) -> MVKBC:
+          size_input: bool = False, **backbone_options) -> MVKBC:
     if spatial_dims != 2:
         raise TypeError("mvkbc takes 2D views (spatial_dims=2)")
     if num_classes != 2:
@@ -108,4 +116,4 @@ def mvkbc(in_channels: int = 27, num_classes: int = 2, spatial_dims: int = 2, vi
         raise TypeError(f"in_channels={in_channels} is not views x patches = {views} x {patches}")
     if len(hidden) != 2:
         raise TypeError(f"hidden takes the two FC widths of each stream's head, got {hidden}")
-    return MVKBC(views, patches, backbone, share_views, tuple(hidden), dropout, **backbone_options)
+    return MVKBC(views, patches, backbone, share_views, tuple(hidden), dropout, size_input, **backbone_options)

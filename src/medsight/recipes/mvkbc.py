@@ -29,17 +29,22 @@ weighting of the views into one sigmoid. Stages:
   patch streams), the views tiled left to right over their OA patches in ``maps/<id>.png``.
 - the label rule: the reader's ``data.options.label_rule`` (``diagnosis``, the CSV's consensus,
   or ``malignancy``, the paper's mean rating < 3 / > 3 with 3 left out).
+- ``mvkbc.size_input`` (medsight's, not the paper's; off by default): the view weighting also reads
+  the nodule's size, the log of the equivalent diameter of its cross-sections in the view planes
+  (from the nodule mask sampled on each plane, ``preprocess_options.size_mm`` wide): the size the
+  HVV and HS patches show, given to the last layer as one number, so that the views add to it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from medsight.config import DataConfig, NetworkConfig, Section
@@ -50,7 +55,7 @@ from medsight.recipes.classification import class_rows, evaluate_classes
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import Predictions
 from medsight.models import create_model
-from medsight.recipes.network import eval_batches, fit_network, make_optimizer, network_outputs, restore_network
+from medsight.recipes.network import eval_batches, fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded, normalise
 from medsight.rundir import InputInfo, RunDir, RunRecord
 from medsight.transforms.augment import augment_batch
@@ -62,6 +67,7 @@ class MVKBCOptions(Section):
     fn_weight: float = Field(2.0, gt=0)  # the weight of a false negative (paper and released losses)
     pretrain_views: bool = False  # train each view's KBC first (stage kbc)
     augment_unit: Literal["patch", "view", "nodule"] = "patch"
+    size_input: bool = False  # the view weighting also reads the nodule's size
 
 
 class MVKBCConfig(NetworkConfig):
@@ -81,6 +87,17 @@ class MVKBCConfig(NetworkConfig):
         if model.name != "mvkbc":
             raise ValueError(f"the mvkbc recipe trains the mvkbc network, got {model.name!r}")
         return model
+
+    @model_validator(mode="after")
+    def _size(self):
+        if self.mvkbc.size_input and not self.data.preprocess_options.get("size_mm"):
+            raise ValueError("mvkbc.size_input: the nodule's size is read off patches of a fixed width; "
+                             "set data.preprocess_options.size_mm")
+        return self
+
+    @property
+    def mm_per_pixel(self) -> float:
+        return float(self.data.preprocess_options.get("size_mm", 0)) / self.data.image_size[0]
 
     @property
     def views(self) -> int:
@@ -131,6 +148,14 @@ def nodule_loss(z: torch.Tensor, y: torch.Tensor, options: MVKBCOptions) -> torc
     return F.binary_cross_entropy_with_logits(z, y.float())
 
 
+def nodule_size(masks: torch.Tensor, mm_per_pixel: float) -> torch.Tensor:
+    """log(d / 10 mm) per nodule, d = 2 sqrt(A / pi) the equivalent diameter of A, the mean area (mm^2)
+    of the nodule mask over its view planes; ``masks`` (B, C, S, S) or (B, 1, C, S, S), one per patch."""
+    m = masks.reshape(masks.shape[0], -1, *masks.shape[-2:]).float()
+    area = m.sum((2, 3)).mean(1) * mm_per_pixel ** 2
+    return torch.log((2 * torch.sqrt(area / math.pi)).clamp_min(0.5) / 10.0)
+
+
 def logit(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return torch.log(p / (1 - p))
@@ -143,19 +168,21 @@ class MVKBCStep:
 
     monitor, monitor_mode = "AUC", "max"
 
-    def __init__(self, model, options: MVKBCOptions, optimizer, per_view: bool = False):
+    def __init__(self, model, options: MVKBCOptions, optimizer, per_view: bool = False, mm_per_pixel: float = 0.0):
         self.models = {"model": model}
         self.options, self.make_optimizer, self.per_view = options, optimizer, per_view
+        self.mm_per_pixel = mm_per_pixel
 
     def optimizers(self):
         return {"model": self.make_optimizer(self.models["model"].parameters())}
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, batch: dict, device: torch.device) -> torch.Tensor:
         """(B,) fused logits, or (B, views) per-view logits with ``per_view``."""
-        model = self.models["model"]
+        model, x = self.models["model"], batch["x"].to(device)
         if self.per_view:
             return logit(model.view_probs(x)[..., 1].float())
-        return model(x)[:, 1].float()
+        size = nodule_size(batch["mask"], self.mm_per_pixel).to(device) if self.options.size_input else None
+        return model(x, size)[:, 1].float()
 
     def loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if z.ndim == 1:
@@ -163,13 +190,13 @@ class MVKBCStep:
         return sum(nodule_loss(z[:, v], y, self.options) for v in range(z.shape[1]))
 
     def train_step(self, batch, ctx):
-        loss = self.loss(self.logits(batch["x"].to(ctx.device)), batch["y"].to(ctx.device))
+        loss = self.loss(self.logits(batch, ctx.device), batch["y"].to(ctx.device))
         ctx.update(loss)
         return {"loss": loss}
 
     def validation_step(self, batch, device):
         y = batch["y"].to(device)
-        z = self.logits(batch["x"].to(device))
+        z = self.logits(batch, device)
         return torch.sigmoid(z).cpu(), y.cpu(), self.loss(z, y).item() * len(y)
 
     def validation_metrics(self, outputs):
@@ -187,7 +214,8 @@ def patch_stream(loaded: Loaded, info: InputInfo, cfg: MVKBCConfig, device: torc
         x = normalise(loaded.images[idx].to(device), info.mean, info.std)
         b, c = x.shape[:2]
         x, _ = augment_batch(x.reshape(b * c // unit, unit, *x.shape[2:]), None, cfg.augment, gen)
-        return {"x": x.reshape(b, c, *x.shape[2:]), "mask": None, "y": loaded.labels[idx]}
+        mask = None if loaded.masks is None else loaded.masks[idx]  # as sampled: the size ignores augmentation
+        return {"x": x.reshape(b, c, *x.shape[2:]), "mask": mask, "y": loaded.labels[idx]}
 
     return Stream(len(loaded.ids), cfg.train.batch_size, batch)
 
@@ -204,15 +232,31 @@ class MVKBCRecipe:
 
     def build(self, info: InputInfo):
         """The network for the configured views and patch types."""
-        options = {**self.cfg.model.options, "views": self.cfg.views, "patches": self.cfg.patches}
+        options = {**self.cfg.model.options, "views": self.cfg.views, "patches": self.cfg.patches,
+                   "size_input": self.cfg.mvkbc.size_input}
         return create_model("mvkbc", in_channels=info.channels, num_classes=2, **options)
+
+    def size(self, batch: dict) -> torch.Tensor | None:
+        """Each nodule's size for the view weighting (with ``mvkbc.size_input``), else None."""
+        if not self.cfg.mvkbc.size_input:
+            return None
+        return nodule_size(batch["mask"], self.cfg.mm_per_pixel).to(self.device_)
+
+    @torch.no_grad()
+    def outputs(self, loaded: Loaded, batch_size: int = 32) -> torch.Tensor:
+        """(N, 2) class probabilities of the loaded cases."""
+        self.model_.eval()
+        out = [self.model_(b["x"].to(self.device_), self.size(b)).float().softmax(1).cpu()
+               for b in eval_batches(loaded, self.record_.input, batch_size)]
+        return torch.cat(out) if out else torch.zeros((0, 2))
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
         from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg = self.cfg
         self.device_ = select_device(device)
-        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console)
+        data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, cfg.mvkbc.size_input,
+                                      self.console)
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         self.model_ = self.build(record.input)
@@ -222,12 +266,11 @@ class MVKBCRecipe:
             step = MVKBCStep(self.model_, cfg.mvkbc, optimizer, per_view=True)
             record = fit_network(run, record, "kbc", step, data.train, data.val, cfg, self.device_, self.console,
                                  callbacks, folder="kbc", stream=stream)
-        step = MVKBCStep(self.model_, cfg.mvkbc, optimizer)
+        step = MVKBCStep(self.model_, cfg.mvkbc, optimizer, mm_per_pixel=cfg.mm_per_pixel)
         record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
                              callbacks, stream=stream)
         self.record_ = record
-        self.model_.eval()
-        val_proba = network_outputs(data.val, record.input, self.forward, self.device_, cfg.train.batch_size)
+        val_proba = self.outputs(data.val, cfg.train.batch_size)
         plot_roc(data.task, data.val.labels.numpy(), val_proba.numpy(), run.path / "validation_roc.png")
         stage = record.stage("network")
         self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
@@ -241,14 +284,10 @@ class MVKBCRecipe:
                                       self.device_)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model_(x).float().softmax(1)
-
     def predict(self, dataset: Dataset, need_masks: bool = False) -> Predictions:
-        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks, self.console)
-        self.model_.eval()
-        return Predictions(loaded, network_outputs(loaded, self.record_.input, self.forward, self.device_),
-                           rejected, dataset)
+        loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks or self.cfg.mvkbc.size_input,
+                                      self.console)
+        return Predictions(loaded, self.outputs(loaded), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
         return class_rows(self.record_.task, preds, self.cfg.predict)
@@ -264,7 +303,7 @@ class MVKBCRecipe:
         oa = names.index("OA") if "OA" in names else 0  # the patch the maps are drawn over
         start = 0
         for batch in eval_batches(preds.loaded, self.record_.input, 16):
-            maps_ = view_grad_cams(self.model_, batch["x"].to(self.device_)).cpu().numpy()
+            maps_ = view_grad_cams(self.model_, batch["x"].to(self.device_), self.size(batch)).cpu().numpy()
             for i, m in enumerate(maps_):
                 images = preds.loaded.images[start + i].numpy()[oa::self.cfg.patches]  # (views, S, S)
                 writer.write(preds.loaded.ids[start + i], images, m)
@@ -274,7 +313,7 @@ class MVKBCRecipe:
         return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
 
 
-def view_grad_cams(model, x: torch.Tensor) -> torch.Tensor:
+def view_grad_cams(model, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
     """(B, views, S, S) in [0, 1]: per view, ReLU of the sum over its patch streams of the feature
     maps weighted by the spatial mean of d z / d map (Grad-CAM of the fused logit z), upsampled to
     the patch size and scaled by each view's maximum."""
@@ -284,7 +323,7 @@ def view_grad_cams(model, x: torch.Tensor) -> torch.Tensor:
         flat = [m for view in maps for m in view]
         for m in flat:
             m.retain_grad()
-        z = model.logit_from_views(model.view_probs_from_maps(maps))
+        z = model.logit_from_views(model.view_probs_from_maps(maps), size)
         grads = torch.autograd.grad(z.sum(), flat)
     per_stream = [(g.mean((2, 3), keepdim=True) * m).sum(1) for m, g in zip(flat, grads)]
     views = torch.stack(per_stream).unflatten(0, (len(maps), len(maps[0]))).sum(1).transpose(0, 1)  # (B, V, h, w)
