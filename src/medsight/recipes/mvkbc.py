@@ -126,11 +126,11 @@ def released_penalty_loss(p: torch.Tensor, y: torch.Tensor, fn_weight: float = 2
     """What the authors' Keras code computes for probabilities ``p`` and labels ``y`` (both (B,)):
     ``K.binary_crossentropy(y_pred, y_true)`` takes the labels as its output, clipped to
     [eps, 1 - eps] (eps = 1e-7) and turned into logits x, and the predictions as its target, so each
-    nodule costs sigmoid_cross_entropy(labels=p, logits=x) = |x| |y - p| + a constant (|x| = 15.9 in
-    float32). Its weights (B, 1):
-    1 where |y - p| <= 0.5, ``fn_weight`` where y - p > 0.5, 1 more where y - p <= -0.5 (so a benign
-    nodule at exactly p = 0.5 weighs 2); times the (B,) costs they broadcast to (B, B), whose mean
-    (Keras') is mean(w) * mean(cost)."""
+    nodule costs sigmoid_cross_entropy(labels=p, logits=x) = |x| |y - p| + a constant (|x| = 15.9 for
+    a malignant nodule in float32, 16.1 for a benign one). Its weights (B, 1): 1 where |y - p| <= 0.5,
+    ``fn_weight`` where y - p > 0.5, 1 more where y - p <= -0.5 (so a benign nodule at exactly
+    p = 0.5 weighs 2); times the (B,) costs they broadcast to (B, B), whose mean (Keras') is
+    mean(w) * mean(cost)."""
     eps = torch.tensor(1e-7, dtype=torch.float32)
     target = y.float().clamp(eps, 1 - eps)
     x = torch.log(target / (1 - target))
