@@ -12,6 +12,7 @@ AUC difference against the diameter peer (mean ± std over folds).
     python -m benchmarks.lidc_cv --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
     python -m benchmarks.lidc_cv --configs configs/lidc_voi_mvkbc.yaml --name mvkbc_oa_only \
         --set "data.preprocess_options.patches=[OA]"        # an ablation: its own run folder
+    python -m benchmarks.lidc_cv --ablations --out bench_runs/lidc_cv_mvkbc   # MV-KBC's ablations (issue 19)
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ FOLDS = 10
 CONFIGS = ("configs/lidc_voi_resnet3d.yaml", "configs/lidc_voi_multiview.yaml", "configs/lidc_voi_glcm3d_svm.yaml",
            "configs/lidc_voi_multiview_svm.yaml", "configs/lidc_voi_fuse_tsd.yaml")
 METRICS = ["ACC", "SEN", "SPE", "AUC"]
+MVKBC = "configs/lidc_voi_mvkbc.yaml"
+# what each part of MV-KBC adds: one part taken away (or the streams unshared) per row
+ABLATIONS = {
+    "mvkbc_oa_only": ("data.preprocess_options.patches=[OA]",),
+    "mvkbc_axial_only": ("data.preprocess_options.views=[axial]",),
+    "mvkbc_orthogonal_views": ("data.preprocess_options.views=[axial,coronal,sagittal]",),
+    "mvkbc_no_penalty": ("mvkbc.penalty=none",),
+    "mvkbc_separate_streams": ("model.options.share_views=false",),
+}
 
 
 def diameter_peer(dataset, folds) -> list[dict]:
@@ -54,6 +64,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in every run (with --name for a run folder of its own)")
     parser.add_argument("--name", help="the runs' folder and row name (default: the config's name)")
+    parser.add_argument("--ablations", action="store_true",
+                        help=f"run {MVKBC} and its ablations ({', '.join(ABLATIONS)}) instead of --configs")
     parser.add_argument("--label-rule", choices=["diagnosis", "malignancy"], default="diagnosis",
                         help="the reader's label rule (malignancy: mean rating < 3 / > 3, 3 left out)")
     parser.add_argument("--chosen-threshold", action="store_true",
@@ -67,9 +79,12 @@ def main() -> None:
     peer = diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS))
     rows = {"diameter_mm + LR (peer)": summarize_repeats(peer)}
     chosen, differences, timings = {}, {}, {}
-    for config in args.configs:
-        name = args.name or Path(config).stem
-        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=overrides)
+    runs = [(args.name or Path(config).stem, config, overrides) for config in args.configs]
+    if args.ablations:
+        runs = [(Path(MVKBC).stem, MVKBC, overrides)] + [(name, MVKBC, overrides + extra)
+                                                          for name, extra in ABLATIONS.items()]
+    for name, config, run_overrides in runs:
+        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=run_overrides)
                          for k in range(FOLDS)]
         rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])
         differences[name] = summarize_repeats([{"AUC - peer AUC": r["metrics"]["AUC"] - p["AUC"]}
