@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 5 in one call on a lent GPU machine (results in benchmarks/RESULTS.md):
 #
-#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic]    (no argument: all of them)
+#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic] [mvkbc]    (no argument: all but mvkbc)
 #
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
 # ResNet-50 (images/s and GPU kernel time, batch 64 and 256), eager and with the fused Triton
@@ -10,6 +10,9 @@
 # 224 px, seeds ISIC_SEEDS (default 0-4), ISIC_JOBS runs at a time (default 6; the runs still going after
 # ISIC_SECONDS are cut off, the finished ones are kept); ISIC_ARGS adds isic_arl.py options, e.g.
 #   ISIC_ARGS="--models arlcnn14 --set model.options.attention_softmax=spatial --tag spatial"
+# mvkbc: MVKBC_CONFIG (default configs/lidc_voi_mvkbc_paper.yaml) on folds MVKBC_FOLDS (default 0) of the
+# 10-fold LIDC benchmark, next to the diameter on the same folds (benchmarks/lidc_cv.py), cut off after
+# MVKBC_SECONDS (default 480; finished folds are kept); needs .gpu_data/lidc_vois (22 MB).
 # Each check has a time limit of its own, so that one that hangs leaves time for the rest.
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
@@ -19,7 +22,8 @@
 #     typing_extensions==4.16.0 monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 PyWavelets==1.9.0
 # (not numba, which the GLCM features and the Fisher-vector encoder need: the machine's image has
 # numba and llvmlite, and llvmlite's wheel alone would be 57 MB of the call's 64 MiB) and, for isic,
-# .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored).
+# .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored), for mvkbc
+# .gpu_data/lidc_vois (a copy of ../shared/datasets/lidc_vois).
 # Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}
@@ -53,4 +57,12 @@ if [[ $checks == *" isic "* ]]; then
     tail -n 40 "$OUT/isic_arl.log"
     # weights and the resume checkpoints of cut-off runs stay behind: they are too large to come back
     tar czf "$OUT/isic_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" isic_runs && rm -rf "$OUT/isic_runs"
+fi
+if [[ $checks == *" mvkbc "* ]]; then
+    timeout "${MVKBC_SECONDS:-480}" python3 -m benchmarks.lidc_cv --data .gpu_data/lidc_vois --device cuda \
+        --configs "${MVKBC_CONFIG:-configs/lidc_voi_mvkbc_paper.yaml}" --folds ${MVKBC_FOLDS:-0} --chosen-threshold \
+        --out "$OUT/mvkbc_runs" >"$OUT/mvkbc.log" 2>&1
+    echo "lidc_cv.py exit code $?"
+    tail -n 40 "$OUT/mvkbc.log"
+    tar czf "$OUT/mvkbc_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" mvkbc_runs && rm -rf "$OUT/mvkbc_runs"
 fi

@@ -70,13 +70,17 @@ def main() -> None:
                         help="the reader's label rule (malignancy: mean rating < 3 / > 3, 3 left out)")
     parser.add_argument("--chosen-threshold", action="store_true",
                         help="also the metrics at the threshold chosen on each run's validation cases")
+    parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), metavar="K",
+                        help=f"which of the {FOLDS} folds to run (default all; the peer is scored on the same)")
+    parser.add_argument("--device", default="cpu", help="where the runs train (cpu, cuda)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
     dataset = open_dataset(args.data, format="lidc-voi", label_rule=args.label_rule)
     overrides = tuple(args.overrides) + ((f"data.options.label_rule={args.label_rule}",)
                                          if args.label_rule != "diagnosis" else ())
-    peer = diameter_peer(dataset, folds_of(dataset.samples, dataset.task("malignancy"), FOLDS))
+    folds = folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)
+    peer = diameter_peer(dataset, [folds[k] for k in args.folds])
     rows = {"diameter_mm + LR (peer)": summarize_repeats(peer)}
     chosen, differences, timings = {}, {}, {}
     runs = [(args.name or Path(config).stem, config, overrides) for config in args.configs]
@@ -84,22 +88,23 @@ def main() -> None:
         runs = [(Path(MVKBC).stem, MVKBC, overrides)] + [(name, MVKBC, overrides + extra)
                                                           for name, extra in ABLATIONS.items()]
     for name, config, run_overrides in runs:
-        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=run_overrides)
-                         for k in range(FOLDS)]
+        timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=run_overrides,
+                                  device=args.device) for k in args.folds]
         rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])
         differences[name] = summarize_repeats([{"AUC - peer AUC": r["metrics"]["AUC"] - p["AUC"]}
                                                for r, p in zip(timings[name], peer)])
         if args.chosen_threshold:
             chosen[f"{name}, threshold chosen on validation"] = summarize_repeats(
-                [threshold_metrics(args.out / name / f"fold{k}", args.data) for k in range(FOLDS)])
+                [threshold_metrics(args.out / name / f"fold{k}", args.data) for k in args.folds])
     sections = [(f"Benign vs malignant, {len(dataset)} nodules ({args.label_rule} labels), held-out folds, "
-                 f"threshold 0.5 (mean ± std over {FOLDS} folds):", format_table(rows, METRICS, style="markdown")),
+                 f"threshold 0.5 (mean ± std over folds {args.folds} of {FOLDS}):",
+                 format_table(rows, METRICS, style="markdown")),
                 ("Per-fold held-out AUC minus the diameter peer's on the same fold:",
                  format_table(differences, ["AUC - peer AUC"], style="markdown"))]
     if chosen:
         sections.append(("The same runs at the threshold each chose on its validation cases (Youden's J):",
                          format_table(chosen, [*METRICS, "threshold"], style="markdown")))
-    write_summary(args.out, sections, timings)
+    write_summary(args.out, sections, timings, device=args.device.upper())
 
 
 if __name__ == "__main__":
