@@ -24,6 +24,8 @@ from medsight.features import fisher
 from medsight.features.fisher import FisherVector, fisher_vector, fisher_vectors
 from medsight.features.foreground import ForegroundFisherVector, membership_map
 
+from references import require
+
 
 def dense_fv(x, w, mu, var, min_posterior=0.0):
     """Reference: the FV straight from the definition, posteriors from log densities."""
@@ -101,7 +103,7 @@ def test_agrees_with_skimage(fitted, improved):
 def test_agrees_with_vlfeat(fitted, improved):
     """VLFeat's vl_fisher (through cyvlfeat, in float64) skips posteriors below 1e-6: min_posterior=1e-6.
     Its layout is ours. cyvlfeat needs Debian's libvlfeat-dev to build, so it is rarely installed."""
-    vl_fisher = pytest.importorskip("cyvlfeat.fisher", reason="cyvlfeat (VLFeat) is not installed").fisher
+    vl_fisher = require("cyvlfeat.fisher", "cyvlfeat (VLFeat) is not installed").fisher
     fv, sets = fitted
     for x in sets[:4]:
         ours = fisher_vector(x, fv.weights_, fv.means_, fv.variances_, improved, min_posterior=1e-6)
