@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 	@# pyradiomics, the reference the GLCM and shape tests compare with (they are skipped without it):
 	@# 3.1.0 on PyPI does not build, 3.0.1 does without build isolation
 	$(BIN)/python -c "import radiomics" 2>/dev/null || ($(BIN)/python -m pip install -q setuptools wheel && $(BIN)/python -m pip install -q pyradiomics==3.0.1 --no-build-isolation) \
-		|| echo "pyradiomics did not build: the tests that compare with it will be skipped"
+		|| echo "pyradiomics did not build: the tests that compare with it will be skipped (in CI they fail)"
 	@# triton, whose CPU interpreter runs ARL's fused GPU kernel in the tests (CUDA builds of torch bring it;
 	@# it has wheels only, for Linux)
 	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install -q "triton>=3.2" \
-		|| echo "triton did not install: the fused-kernel tests will be skipped"
+		|| echo "triton did not install: the fused-kernel tests will be skipped (in CI they fail)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -64,19 +64,23 @@ def write_summary(out: Path, sections: list[tuple[str, str]], timings: dict[str,
     (out / "summary.md").write_text(text + "\n")
 
 
-def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """The threshold maximising SEN + SPE - 1 on (y, score) (the lowest of ties)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(y, score)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+def at_thresholds(result: dict, run_dir: Path, data: Path) -> tuple[dict, dict]:
+    """(metrics at the threshold the run chose on its validation cases, metrics at 0.5) of one
+    fold's evaluation. Runs that store their threshold (``run.json``'s ``thresholds``) give both in
+    their evaluation; for runs made before, the threshold is chosen here on the run's validation
+    cases with the same rule (Youden's J, :mod:`medsight.metrics.thresholds`)."""
+    if "fixed_threshold_metrics" in result:
+        chosen = {**result["metrics"], "threshold": next(iter(result["threshold"].values()))}
+        return chosen, result["fixed_threshold_metrics"]
+    return threshold_metrics(run_dir, data), result["metrics"]
 
 
 def threshold_metrics(run_dir: Path, data: Path) -> dict:
     """Binary metrics of a fold run's held-out cases at the threshold chosen on its own validation
-    cases (Youden's J), next to the held-out AUC (which no threshold changes)."""
+    cases (Youden's J), for runs that did not store one."""
     from medsight.data import open_dataset
     from medsight.metrics import binary_metrics
+    from medsight.metrics.thresholds import youden_threshold
     from medsight.recipes import load_recipe
 
     recipe = load_recipe(run_dir, device="cpu")

@@ -5,9 +5,11 @@ Each fold k: ``medsight train configs/<config>.yaml --set data.folds=10 --set da
 ``medsight evaluate RUN VOIS --split heldout``, for the image baselines (resnet3d, multiview), the
 talk's descriptor baselines (3D GLCM + SVM, multi-view features + SVM) and Fuse-TSD. The diameter peer is
 fitted on the same training folds and scored on the same held-out fold. Finished folds are reused.
-Besides the metrics at the fixed threshold 0.5: the same held-out metrics at the threshold each
-fold run chooses on its own validation cases (Youden's J; ``--chosen-threshold``), and the per-fold
-AUC difference against the diameter peer (mean ± std over folds).
+Two rows per recipe: the held-out metrics at the threshold each fold run chose on its own
+validation cases (Youden's J, stored in the run; for runs made before thresholds were stored,
+chosen here the same way) and at the fixed threshold 0.5; and the per-fold AUC difference against
+the diameter peer (mean ± std over folds). The peer is scored the same two ways (its threshold by
+Youden's J on its own training folds: one feature, two parameters, nothing to overfit).
 
     python -m benchmarks.lidc_cv --data ../shared/datasets/lidc_vois --out bench_runs/lidc_cv
     python -m benchmarks.lidc_cv --configs configs/lidc_voi_mvkbc.yaml --name mvkbc_oa_only \
@@ -24,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.cv_common import ROOT, folds_of, run_fold, threshold_metrics, write_summary
+from benchmarks.cv_common import ROOT, at_thresholds, folds_of, run_fold, write_summary
 from medsight.data import open_dataset
 from medsight.metrics import binary_metrics, summarize_repeats
+from medsight.metrics.thresholds import youden_threshold
 from medsight.report import format_table
 
 FOLDS = 10
@@ -44,16 +47,20 @@ ABLATIONS = {
 }
 
 
-def diameter_peer(dataset, folds) -> list[dict]:
+def diameter_peer(dataset, folds) -> tuple[list[dict], list[dict]]:
+    """Per fold: (metrics at the Youden threshold of the training folds, metrics at 0.5)."""
     task = dataset.task("malignancy")
     y = np.array([task.label_of(s.diagnosis) for s in dataset.samples])
-    x = np.array([[float(s.meta["diameter_mm"])] for s in dataset.samples])
-    results = []
+    x = np.log(np.array([[float(s.meta["diameter_mm"])] for s in dataset.samples]))
+    chosen, fixed = [], []
     for test in folds:
         train = np.setdiff1d(np.arange(len(y)), test)
-        model = LogisticRegression(class_weight="balanced").fit(np.log(x[train]), y[train])
-        results.append(binary_metrics(y[test], model.predict_proba(np.log(x[test]))[:, 1]))
-    return results
+        model = LogisticRegression(class_weight="balanced").fit(x[train], y[train])
+        threshold = youden_threshold(y[train], model.predict_proba(x[train])[:, 1])
+        score = model.predict_proba(x[test])[:, 1]
+        chosen.append({**binary_metrics(y[test], score, threshold), "threshold": threshold})
+        fixed.append(binary_metrics(y[test], score))
+    return chosen, fixed
 
 
 def main() -> None:
@@ -68,8 +75,7 @@ def main() -> None:
                         help=f"run {MVKBC} and its ablations ({', '.join(ABLATIONS)}) instead of --configs")
     parser.add_argument("--label-rule", choices=["diagnosis", "malignancy"], default="diagnosis",
                         help="the reader's label rule (malignancy: mean rating < 3 / > 3, 3 left out)")
-    parser.add_argument("--chosen-threshold", action="store_true",
-                        help="also the metrics at the threshold chosen on each run's validation cases")
+    parser.add_argument("--chosen-threshold", action="store_true", help=argparse.SUPPRESS)  # now always
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), metavar="K",
                         help=f"which of the {FOLDS} folds to run (default all; the peer is scored on the same)")
     parser.add_argument("--device", default="cpu", help="where the runs train (cpu, cuda)")
@@ -80,9 +86,10 @@ def main() -> None:
     overrides = tuple(args.overrides) + ((f"data.options.label_rule={args.label_rule}",)
                                          if args.label_rule != "diagnosis" else ())
     folds = folds_of(dataset.samples, dataset.task("malignancy"), FOLDS)
-    peer = diameter_peer(dataset, [folds[k] for k in args.folds])
-    rows = {"diameter_mm + LR (peer)": summarize_repeats(peer)}
-    chosen, differences, timings = {}, {}, {}
+    peer_chosen, peer = diameter_peer(dataset, [folds[k] for k in args.folds])
+    rows = {"diameter_mm + LR (peer), chosen threshold": summarize_repeats(peer_chosen),
+            "diameter_mm + LR (peer), threshold 0.5": summarize_repeats(peer)}
+    differences, timings = {}, {}
     runs = [(args.name or Path(config).stem, config, overrides) for config in args.configs]
     if args.ablations:
         runs = [(Path(MVKBC).stem, MVKBC, overrides)] + [(name, MVKBC, overrides + extra)
@@ -90,20 +97,18 @@ def main() -> None:
     for name, config, run_overrides in runs:
         timings[name] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, overrides=run_overrides,
                                   device=args.device) for k in args.folds]
-        rows[f"{name} (medsight)"] = summarize_repeats([r["metrics"] for r in timings[name]])
+        both = [at_thresholds(r, args.out / name / f"fold{k}", args.data) for k, r in zip(args.folds, timings[name])]
+        rows[f"{name}, threshold chosen on validation"] = summarize_repeats([c for c, _ in both])
+        rows[f"{name}, threshold 0.5"] = summarize_repeats([f for _, f in both])
         differences[name] = summarize_repeats([{"AUC - peer AUC": r["metrics"]["AUC"] - p["AUC"]}
                                                for r, p in zip(timings[name], peer)])
-        if args.chosen_threshold:
-            chosen[f"{name}, threshold chosen on validation"] = summarize_repeats(
-                [threshold_metrics(args.out / name / f"fold{k}", args.data) for k in args.folds])
-    sections = [(f"Benign vs malignant, {len(dataset)} nodules ({args.label_rule} labels), held-out folds, "
-                 f"threshold 0.5 (mean ± std over folds {args.folds} of {FOLDS}):",
-                 format_table(rows, METRICS, style="markdown")),
+    title = (f"Benign vs malignant, {len(dataset)} nodules ({args.label_rule} labels), held-out folds "
+             f"(mean ± std over folds {args.folds} of {FOLDS}); the threshold each run chose on its "
+             "validation cases (Youden's J) and 0.5:")
+    sections = [(title,
+                 format_table(rows, [*METRICS, "threshold"], style="markdown")),
                 ("Per-fold held-out AUC minus the diameter peer's on the same fold:",
                  format_table(differences, ["AUC - peer AUC"], style="markdown"))]
-    if chosen:
-        sections.append(("The same runs at the threshold each chose on its validation cases (Youden's J):",
-                         format_table(chosen, [*METRICS, "threshold"], style="markdown")))
     write_summary(args.out, sections, timings, device=args.device.upper())
 
 

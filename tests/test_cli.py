@@ -25,6 +25,7 @@ from PIL import Image
 from medsight.cli import main
 from medsight.data.folder import write_folder
 from medsight.data.synthetic import make_dermoscopy
+from medsight.metrics import binary_metrics
 from medsight.rundir import RunDir
 
 from builders import CONFIGS
@@ -247,8 +248,9 @@ def test_classification_predict(cls_run, heldout, tmp_path, capsys):
     columns, rows = read_rows(out / "predictions.csv")
     assert columns == ["id", "p_malignant", "pred"]
     assert sorted(r["id"] for r in rows) == sorted(p.stem for p in (heldout / "images").glob("*.png"))
-    threshold = yaml.safe_load((cls_run / "config.yaml").read_text())["predict"]["threshold"]
-    assert threshold == 0.5
+    assert yaml.safe_load((cls_run / "config.yaml").read_text())["predict"]["decision"] == "youden"
+    threshold = RunDir(cls_run).read_record().thresholds["malignant"]  # chosen on the validation cases
+    assert 0.0 < threshold < 1.0
     for row in rows:
         p = float(row["p_malignant"])
         assert 0.0 <= p <= 1.0
@@ -285,11 +287,22 @@ def test_classification_evaluate(cls_run, heldout, tmp_path, capsys):
     assert code == 0, err
     result = json.loads(target.read_text())
     assert result["n"] == 12
-    for key in ("AUC", "ACC", "SEN", "SPE"):
-        value = result["metrics"][key]
-        assert value is not None and 0.0 <= value <= 1.0, (key, value)
+    # the metrics at the run's stored threshold and at 0.5, from the same probabilities predict writes
+    code, _, err = cli(capsys, "predict", cls_run, heldout, "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 0, err
+    _, rows = read_rows(tmp_path / "pred" / "predictions.csv")
+    labels = {r["id"]: r["label"] for r in csv.DictReader(open(heldout / "labels.csv"))}
+    y = np.array([labels[r["id"]] == "malignant" for r in rows])
+    p = np.array([float(r["p_malignant"]) for r in rows])
+    threshold = RunDir(cls_run).read_record().thresholds["malignant"]
+    assert result["threshold"] == {"malignant": threshold}
+    for got, cut in ((result["metrics"], threshold), (result["fixed_threshold_metrics"], 0.5)):
+        expected = binary_metrics(y, p, cut)
+        for key in ("ACC", "SEN", "SPE", "AUC"):
+            assert got[key] == pytest.approx(expected[key], abs=1e-5), (key, cut)
     header = out.splitlines()[0].split()
     assert {"AUC", "ACC"} <= set(header), out
+    assert "threshold chosen on validation" in out and "at threshold 0.5" in out
 
 
 # -- 3. nothing is ever overwritten ----------------------------------------------------------------

@@ -17,6 +17,8 @@ from medsight.data.synthetic import make_dermoscopy
 from medsight.features.glcm import glcm_features
 from medsight.features.shape import SHAPE_2D_FEATURES, FourierShape, Shape2D, shape_features_3d
 
+from references import require
+
 
 def cli(capsys, *args) -> tuple[int, str]:
     capsys.readouterr()
@@ -167,7 +169,7 @@ def test_usage_errors(volume_case, tmp_path, capsys):
 
 def test_features_of_a_real_nodule_equal_pyradiomics(tmp_path, capsys, lidc_vois):
     """One shared LIDC VOI through the command, against pyradiomics reading the same NIfTI files."""
-    pytest.importorskip("radiomics", reason="pyradiomics is not installed")
+    require("radiomics", "pyradiomics is not installed")
     import SimpleITK as sitk
     from radiomics import glcm, shape
 

@@ -126,7 +126,12 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     row = result["metrics"]
     if "std" in result:  # per-image metrics: mean ± std over images
         row = {k: {"mean": v, "std": result["std"][k], "n": result["n"]} for k, v in row.items()}
-    click.echo(format_table({f"{run_dir.name} on {name} (n={result['n']})": row}))
+    rows = {f"{run_dir.name} on {name} (n={result['n']})": row}
+    if "fixed_threshold_metrics" in result:  # the run chose its decision threshold on validation
+        chosen = ", ".join(f"{c} {t:.3f}" for c, t in result["threshold"].items())
+        rows = {f"{next(iter(rows))}, threshold chosen on validation ({chosen})": row,
+                f"the same at threshold {result['fixed_threshold']}": result["fixed_threshold_metrics"]}
+    click.echo(format_table(rows))
     target = out or _unique(run_dir / f"evaluation_{name}.json")
     save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
                         **result}), target)

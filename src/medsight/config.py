@@ -76,7 +76,11 @@ class TrainConfig(Section):
 
 
 class PredictConfig(Section):
-    threshold: float = Field(0.5, gt=0, lt=1)  # binary decision / mask threshold
+    threshold: float = Field(0.5, gt=0, lt=1)  # mask threshold; binary decision threshold with decision: fixed
+    # binary classifiers (and one_vs_rest classes): how the decision threshold on the positive class's
+    # probability is chosen on the validation cases and stored in the run (medsight.metrics.thresholds)
+    decision: Literal["youden", "sensitivity", "fixed"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)  # decision: sensitivity
     tta: bool = False  # average over flips at test time
     crops: Literal[1, 9] = 1  # classification: average over a 3x3 grid of crops (ARL-CNN's 9-crop testing)
     crop_fraction: float = Field(0.8, gt=0, le=1)  # side of each test crop, fraction of the image

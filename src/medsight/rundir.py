@@ -76,6 +76,9 @@ class RunRecord:
     input: InputInfo
     data: DataInfo
     stages: Mapping[str, StageRecord] = field(default_factory=dict)
+    # the decision threshold on each positive class's probability, chosen on the validation cases
+    # (predict.decision); empty: predict.threshold decides (runs before thresholds were chosen)
+    thresholds: Mapping[str, float] = field(default_factory=dict)
     finished: bool = False
     train_seconds: float | None = None
     device: str | None = None
@@ -109,6 +112,7 @@ class RunRecord:
                                 tuple(raw["input"]["mean"]), tuple(raw["input"]["std"])),
                 data=DataInfo(**raw["data"]),
                 stages={name: StageRecord(**stage) for name, stage in raw.get("stages", {}).items()},
+                thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
                 finished=bool(raw.get("finished")), train_seconds=raw.get("train_seconds"),
                 device=raw.get("device"), medsight_version=raw.get("medsight_version", "unknown"),
                 version=int(raw["version"]))

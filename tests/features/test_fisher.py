@@ -24,6 +24,8 @@ from medsight.features import fisher
 from medsight.features.fisher import FisherVector, fisher_vector, fisher_vectors
 from medsight.features.foreground import ForegroundFisherVector, membership_map
 
+from references import require
+
 
 def dense_fv(x, w, mu, var, min_posterior=0.0):
     """Reference: the FV straight from the definition, posteriors from log densities."""
@@ -101,7 +103,7 @@ def test_agrees_with_skimage(fitted, improved):
 def test_agrees_with_vlfeat(fitted, improved):
     """VLFeat's vl_fisher (through cyvlfeat, in float64) skips posteriors below 1e-6: min_posterior=1e-6.
     Its layout is ours. cyvlfeat needs Debian's libvlfeat-dev to build, so it is rarely installed."""
-    vl_fisher = pytest.importorskip("cyvlfeat.fisher", reason="cyvlfeat (VLFeat) is not installed").fisher
+    vl_fisher = require("cyvlfeat.fisher", "cyvlfeat (VLFeat) is not installed").fisher
     fv, sets = fitted
     for x in sets[:4]:
         ours = fisher_vector(x, fv.weights_, fv.means_, fv.variances_, improved, min_posterior=1e-6)
@@ -297,18 +299,49 @@ def test_membership_is_higher_on_the_foreground(fg_data, fg_fitted, fg_pruned, p
         assert mg[is_fg].mean() > 0.5 and mg[~is_fg].mean() < 0.05
 
 
-def test_membership_map_recovers_a_painted_square(fg_data, fg_pruned):
+def test_membership_map_recovers_a_painted_square(fg_data, fg_fitted, fg_pruned):
     centres = fg_data[0][3]
     rng = np.random.default_rng(5)
     inside = np.zeros((14, 14), bool)
     inside[3:9, 5:12] = True
     which = np.where(inside.ravel(), rng.integers(0, 2, 196), rng.integers(2, 8, 196))
     cells = centres[which] + rng.normal(0, 1, (196, centres.shape[1]))
-    soft, mask = membership_map(fg_pruned.membership(cells), (14, 14), (112, 120))
     truth = inside[np.arange(112) * 14 // 112][:, np.arange(120) * 14 // 120]
-    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    dice = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
+    soft, mask = membership_map(fg_fitted.membership(cells), (14, 14), (112, 120))
     assert soft.shape == mask.shape == (112, 120) and 0 <= soft.min() and soft.max() == 1
-    assert dice > 0.8, dice
+    assert dice(mask) > 0.8, dice(mask)
+    # after a pruning iteration the last GMM was fitted on foreground descriptors alone and its
+    # weights rank them among themselves (foreground mg about 0.3 here): the absolute threshold
+    # keeps less, while the per-image display map still outlines the square
+    soft, mask = membership_map(fg_pruned.membership(cells), (14, 14), (112, 120))
+    assert dice(soft > 0.5) > 0.8 and mask.sum() < (soft > 0.5).sum()
+
+
+def test_membership_map_by_value():
+    # one full cell of a 2x2 grid on a 4x4 image: bilinear weights 1, 3/4, 1/4, 0 along each axis
+    # (cell centres on pixel centres, the edge held), so the map is their outer product
+    a = np.array([1, 0.75, 0.25, 0])
+    soft, mask = membership_map(np.array([1.0, 0, 0, 0]), (2, 2), (4, 4), sigma=0)
+    assert np.allclose(soft, np.outer(a, a))
+    # above 0.5: 1, 0.75, 0.75, 0.5625 (the top-left 2x2); opening with the radius-1 disk (a plus)
+    # removes the corner pixel (1, 1), whose lower and right neighbours are outside
+    expected = np.zeros((4, 4), bool)
+    expected[0, :2] = expected[:2, 0] = True
+    assert np.array_equal(mask, expected)
+
+
+def test_membership_threshold_is_absolute():
+    # every descriptor has low membership (0.2, one cell 0.4): no foreground, although the map
+    # normalised per image for display spans [0, 1] and would put a foreground at the 0.4 cell
+    mg = np.full(16, 0.2)
+    mg[5] = 0.4
+    soft, mask = membership_map(mg, (4, 4), (32, 32))
+    assert soft.min() == 0 and soft.max() == 1 and (soft > 0.5).any()
+    assert not mask.any()
+    # the same pattern at full membership is foreground around that cell, and only there
+    soft_high, mask_high = membership_map(mg / 0.4, (4, 4), (32, 32), sigma=0)
+    assert mask_high[8:16, 8:16].all() and not mask_high[24:, 24:].any()
 
 
 def test_membership_map_edges():

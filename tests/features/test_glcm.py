@@ -31,6 +31,8 @@ from medsight.features.glcm import (
 )
 from medsight.features.levels import discretize
 
+from references import require
+
 # ------------------------------------------------------------------ hand-computed matrices
 
 IMG4 = np.array([[0, 1, 1, 2],
@@ -283,7 +285,7 @@ def test_graycoprops_of_empty_and_flat_matrices_match_scikit_image():
 
 
 def pyradiomics_glcm(image, mask, **settings) -> dict:
-    radiomics = pytest.importorskip("radiomics", reason="pyradiomics is not installed")
+    radiomics = require("radiomics", "pyradiomics is not installed")
     from radiomics import glcm
     import SimpleITK as sitk
 
@@ -353,7 +355,7 @@ def test_constant_image_equals_pyradiomics():
 
 
 def test_offsets_and_discretisation_equal_pyradiomics():
-    pytest.importorskip("radiomics", reason="pyradiomics is not installed")
+    require("radiomics", "pyradiomics is not installed")
     from radiomics import cMatrices, imageoperations
 
     angles = cMatrices.generate_angles(np.array([9, 9, 9]), np.array([1]), False, False, 0)

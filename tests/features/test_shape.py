@@ -33,6 +33,8 @@ from medsight.features.shape import (  # noqa: E402
     shape_features_3d,
 )
 
+from references import require
+
 # Order of the kept coefficients (documented): k = 2, -1, 3, -2, 4, -3, ...
 K16 = np.array([2, -1, 3, -2, 4, -3, 5, -4, 6, -5, 7, -6, 8, -7, 9, -8])
 
@@ -263,7 +265,7 @@ def _largest(mask):
 
 
 def test_shape2d_agrees_with_pyradiomics():
-    shape2D = pytest.importorskip("radiomics.shape2D")
+    shape2D = require("radiomics.shape2D", "pyradiomics is not installed")
     rng = np.random.default_rng(0)
     noise = rng.random((30, 30)) > 0.4  # many saddle configurations
     blob = ndimage.gaussian_filter(rng.normal(size=(40, 40)), 2) > 0.05
@@ -359,7 +361,7 @@ def test_shape3d_uses_all_components():
 
 
 def test_shape3d_agrees_with_pyradiomics():
-    shape = pytest.importorskip("radiomics.shape")
+    shape = require("radiomics.shape", "pyradiomics is not installed")
     rng = np.random.default_rng(0)
     blob = ndimage.gaussian_filter(rng.normal(size=(16, 18, 17)), 2) > 0.05
     smooth = [(ball(8), (1.0, 1.0, 1.0)), (ball(0, (1.2, 0.8, 1.0), (6.0, 12.0, 8.0)), (1.2, 0.8, 1.0)),

@@ -105,7 +105,9 @@ class ForegroundFisherVector(FisherVector):
         return self._reweight(codes, self.component_weights_)
 
     def membership(self, descriptors):
-        """(T,) foreground membership mg(x) = sum_l c_l g_l(x); 0 where a filter dropped x."""
+        """(T,) foreground membership mg(x) = sum_l c_l g_l(x) in [0, 1]; 0 where a filter dropped
+        x. After pruning iterations the last model was fitted on the descriptors the filters kept,
+        so its mg ranks those among themselves and is lower than the first model's."""
         check_is_fitted(self, "component_weights_")
         x = _as_sets([descriptors], self.means_.shape[1], check_finite=True)[0]
         mg = np.zeros(len(x))
@@ -248,12 +250,15 @@ def _adam(c0, free, scores, intercept, target, sq, lr, steps, improved):
 
 
 def membership_map(mg, grid_shape, image_shape, sigma=1.0, threshold=0.5):
-    """Paint membership values over an image: (soft map in [0, 1], binary foreground mask).
+    """Paint membership values over an image: (soft map in [0, 1] for display, binary foreground mask).
 
-    mg holds one value per descriptor-grid cell, row-major (as CNN feature-map cells). The grid
-    is upsampled bilinearly with cell centres on pixel centres, smoothed with a Gaussian of
-    `sigma` grid cells, min-max normalised (a constant map gives zeros), thresholded (> threshold),
-    then closed and opened with a disk of half a cell's radius (at least 1 pixel).
+    mg holds one value per descriptor-grid cell, row-major (as CNN feature-map cells); it lies in
+    [0, 1] (posteriors summing to 1, weighted by c <= 1). The grid is upsampled bilinearly with cell
+    centres on pixel centres and smoothed with a Gaussian of `sigma` grid cells. The mask is that
+    smoothed mg above the absolute `threshold` (methods.md: thresholded at 0.5), then closed and
+    opened with a disk of half a cell's radius (at least 1 pixel): an image whose descriptors all
+    have low membership has no foreground. The soft map is the smoothed mg min-max normalised per
+    image (a constant map gives zeros), for display only: it always spans [0, 1].
     """
     gh, gw = grid_shape
     h, w = image_shape
@@ -272,6 +277,6 @@ def membership_map(mg, grid_shape, image_shape, sigma=1.0, threshold=0.5):
     disk = np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r
     # edge padding, wide enough for both erosions: the image border neither erodes nor rounds
     pad = 2 * r + 2
-    mask = np.pad(soft > threshold, pad, mode="edge")
+    mask = np.pad(up > threshold, pad, mode="edge")
     mask = ndimage.binary_opening(ndimage.binary_closing(mask, disk), disk)
     return soft, mask[pad:-pad, pad:-pad]

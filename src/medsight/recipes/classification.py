@@ -12,7 +12,11 @@ cross-entropy on the labelled cases outside an official test split.
   ``predict.crop_fraction``, ARL-CNN's 9-crop testing)
 - the ISIC-2017 protocol: ``predict.one_vs_rest: [melanoma, seborrheic_keratosis]`` reports
   "<class> AUC / ACC / SEN / SPE" per listed class and "mean AUC" from the one 3-class softmax
-- the decision: ``predict.threshold`` on the positive class (binary), the argmax otherwise
+- the decision (binary, and each one-vs-rest class): a threshold on the positive class's
+  probability chosen on the validation cases by ``predict.decision`` (``youden``: Youden's J,
+  the default; ``sensitivity``: the most specific threshold reaching ``predict.target_sensitivity``;
+  ``fixed``: ``predict.threshold``), stored in ``run.json`` and used by ``predict`` and
+  ``evaluate`` (which also reports the metrics at ``predict.threshold``); the argmax otherwise
 - ``predict --maps cam|gradcam|gradcam++``: each case's map of its predicted class
 - files: ``model.safetensors``, ``history.csv``, ``training_curves.png``, ``validation_roc.png``
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ from medsight.data.base import Dataset, Task
 from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.metrics import binary_metrics, multiclass_metrics
+from medsight.metrics.thresholds import choose_threshold
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import CAM_METHODS, Predictions
 from medsight.recipes.network import (build_network, class_weights, crop_average, fit_network, flip_average,
@@ -47,20 +52,46 @@ class ClassificationConfig(NetworkConfig):
 
 
 def task_metrics(task: Task, y: np.ndarray, proba: np.ndarray, threshold: float,
-                 one_vs_rest: list[str] | None = None) -> dict[str, float]:
+                 one_vs_rest: list[str] | None = None, thresholds: Mapping[str, float] = {}) -> dict[str, float]:
     """Binary metrics for a binary task; for a multi-class one either the multi-class metrics or,
     with ``one_vs_rest``, "<class> AUC" / ACC / SEN / SPE per listed class from the same softmax
-    plus "mean AUC" (the ISIC-2017 protocol: melanoma and SK from one 3-class network)."""
+    plus "mean AUC" (the ISIC-2017 protocol: melanoma and SK from one 3-class network). A class's
+    decision threshold is ``thresholds[class]`` where given, else ``threshold``."""
     if task.is_binary:
-        return binary_metrics(y, proba[:, 1], threshold=threshold)
+        return binary_metrics(y, proba[:, 1], threshold=thresholds.get(task.positive, threshold))
     if not one_vs_rest:
         return multiclass_metrics(y, proba, classes=list(task.classes))
     out = {}
     for name in one_vs_rest:
         k = task.classes.index(name)
-        scores = binary_metrics(y == k, proba[:, k], threshold=threshold)
+        scores = binary_metrics(y == k, proba[:, k], threshold=thresholds.get(name, threshold))
         out.update({f"{name} {m}": scores[m] for m in OVR_METRICS})
     out["mean AUC"] = float(np.nanmean([out[f"{n} AUC"] for n in one_vs_rest]))
+    return out
+
+
+def decision_thresholds(task: Task, y: np.ndarray, proba: np.ndarray, predict: PredictConfig,
+                        console: Console | None = None) -> dict[str, float]:
+    """The decision threshold of each positive class (a binary task's positive class, or each
+    ``predict.one_vs_rest`` class), chosen on the validation cases ``(y, proba)`` by
+    ``predict.decision``; empty for ``fixed`` and for arg-max decisions. A class whose validation
+    cases are all of one kind keeps ``predict.threshold`` (and says so)."""
+    if predict.decision == "fixed":
+        return {}
+    classes = [task.positive] if task.is_binary else list(predict.one_vs_rest or ())
+    out = {}
+    for name in classes:
+        k = task.classes.index(name)
+        try:
+            out[name] = choose_threshold(y == k, proba[:, k], predict.decision, predict.target_sensitivity)
+        except ValueError as exc:
+            out[name] = predict.threshold
+            if console is not None:
+                console.print(f"[yellow]{name}: no threshold chosen on validation ({exc}); "
+                              f"using predict.threshold {predict.threshold}[/yellow]")
+    if out and console is not None:
+        console.print(f"decision threshold ({predict.decision}, on validation): "
+                      + ", ".join(f"{name} {t:.4f}" for name, t in out.items()))
     return out
 
 
@@ -141,9 +172,11 @@ class Classification:
         self.model_.eval()
         val_proba = network_outputs(data.val, record.input, self.forward, self.device_, cfg.train.batch_size)
         plot_roc(data.task, data.val.labels.numpy(), val_proba.numpy(), run.path / "validation_roc.png")
+        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba.numpy(), cfg.predict,
+                                         self.console)
         stage = record.stage("network")
         self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
-                                  self.device_, self.console)
+                                  self.device_, self.console, thresholds)
         return self.record_
 
     def restore(self, run: RunDir, device: str = "auto") -> Classification:
@@ -167,7 +200,7 @@ class Classification:
                            rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
-        return class_rows(self.record_.task, preds, self.cfg.predict)
+        return class_rows(self.record_.task, preds, self.cfg.predict, self.record_.thresholds)
 
     def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         if maps:
@@ -175,18 +208,21 @@ class Classification:
                              self.device_, self.cfg.data.preprocess)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
-        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict, self.record_.thresholds)
 
 
 # -- what every recipe with one label per case writes and reports (the descriptor recipes too) -----
-def class_rows(task: Task, preds: Predictions, predict: PredictConfig) -> list[dict]:
+def class_rows(task: Task, preds: Predictions, predict: PredictConfig,
+               thresholds: Mapping[str, float] = {}) -> list[dict]:
     """predictions.csv rows: ``id``, ``p_<class>`` for the positive class of a binary task (the
     one-vs-rest classes, or every class, otherwise) and ``pred``: the positive class when its
-    probability reaches ``predict.threshold`` (binary), the most probable class otherwise."""
+    probability reaches the run's chosen threshold (``thresholds``, else ``predict.threshold``;
+    binary), the most probable class otherwise."""
     proba = preds.outputs.numpy()
     if task.is_binary:
         reported = [task.positive]
-        decided = (proba[:, 1] >= predict.threshold).astype(int) if len(proba) else []
+        cut = thresholds.get(task.positive, predict.threshold)
+        decided = (proba[:, 1] >= cut).astype(int) if len(proba) else []
     else:
         reported = one_vs_rest_classes(predict.one_vs_rest, task) or list(task.classes)
         decided = proba.argmax(1) if len(proba) else []
@@ -195,11 +231,18 @@ def class_rows(task: Task, preds: Predictions, predict: PredictConfig) -> list[d
              "pred": task.classes[decided[i]]} for i, case in enumerate(preds.loaded.ids)]
 
 
-def evaluate_classes(task: Task, dataset: Dataset, preds: Predictions, predict: PredictConfig) -> dict:
-    """The task's metrics on the predicted cases that carry a label."""
+def evaluate_classes(task: Task, dataset: Dataset, preds: Predictions, predict: PredictConfig,
+                     thresholds: Mapping[str, float] = {}) -> dict:
+    """The task's metrics on the predicted cases that carry a label, at the run's chosen
+    ``thresholds``; where the run has them, also ``threshold`` (what they are) and
+    ``fixed_threshold_metrics``: the same metrics at ``predict.threshold``."""
     y, proba, n = labelled_outputs(dataset, preds, task)
-    return {"n": n, "metrics": task_metrics(task, y, proba, predict.threshold,
-                                            one_vs_rest_classes(predict.one_vs_rest, task))}
+    ovr = one_vs_rest_classes(predict.one_vs_rest, task)
+    out = {"n": n, "metrics": task_metrics(task, y, proba, predict.threshold, ovr, thresholds)}
+    if thresholds:
+        out.update(threshold=dict(thresholds), fixed_threshold=predict.threshold,
+                   fixed_threshold_metrics=task_metrics(task, y, proba, predict.threshold, ovr))
+    return out
 
 
 def labelled_outputs(dataset: Dataset, preds: Predictions, task: Task) -> tuple[np.ndarray, np.ndarray, int]:

@@ -123,10 +123,13 @@ def start_run(run: RunDir, cfg: RecipeConfig, recipe: str, data: TrainingData, r
 
 
 def finish_run(run: RunDir, record: RunRecord, validation: Mapping[str, float], best_epoch: int | None,
-               seconds: float, device: torch.device, console: Console) -> RunRecord:
-    """Write the validation metrics and mark the run finished."""
+               seconds: float, device: torch.device, console: Console,
+               thresholds: Mapping[str, float] = {}) -> RunRecord:
+    """Write the validation metrics and mark the run finished (with the decision ``thresholds``
+    chosen on the validation cases, for the recipes that have them)."""
     run.write_metrics(validation, best_epoch)
-    record = dataclasses.replace(record, finished=True, train_seconds=round(seconds, 1), device=str(device))
+    record = dataclasses.replace(record, finished=True, train_seconds=round(seconds, 1), device=str(device),
+                                 thresholds=dict(thresholds))
     run.write_record(record)
     console.print(f"done: run in {run}" if best_epoch is None else f"done: best epoch {best_epoch}, run in {run}")
     return record

@@ -25,7 +25,7 @@ from rich.console import Console
 from medsight.config import HeadConfig, RecipeConfig
 from medsight.data.base import Dataset
 from medsight.engine import select_device
-from medsight.recipes.classification import class_rows, evaluate_classes, one_vs_rest_classes
+from medsight.recipes.classification import class_rows, decision_thresholds, evaluate_classes, one_vs_rest_classes
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
@@ -77,8 +77,9 @@ class Descriptors:
             run, record, STAGE, cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(), cfg.predict,
             self.console, fitted={"feature_names": names})
         plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
+        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba, cfg.predict, self.console)
         self.record_ = finish_run(run, record, record.stage(STAGE).validation, None, time.perf_counter() - started,
-                                  device_, self.console)
+                                  device_, self.console, thresholds)
         return self.record_
 
     def restore(self, run: RunDir, device: str = "auto") -> Descriptors:
@@ -94,10 +95,10 @@ class Descriptors:
         return Predictions(loaded, torch.from_numpy(proba), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
-        return class_rows(self.record_.task, preds, self.cfg.predict)
+        return class_rows(self.record_.task, preds, self.cfg.predict, self.record_.thresholds)
 
     def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         pass
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
-        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict, self.record_.thresholds)

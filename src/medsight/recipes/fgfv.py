@@ -39,7 +39,7 @@ from medsight.engine import select_device
 from medsight.errors import FeatureError, InputError
 from medsight.features.fisher import FisherVector
 from medsight.features.foreground import ForegroundFisherVector, membership_map
-from medsight.recipes.classification import (ClassifierStep, class_rows, evaluate_classes,
+from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
@@ -185,8 +185,9 @@ class Fisher:
             run, record, "descriptors", cfg.head, train, y, val, data.val.labels.numpy(), cfg.predict, self.console,
             fitted={"encoder": encoder}, arrays={f"encoder.{k}": v for k, v in self.encoder_.get_state().items()})
         plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
+        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba, cfg.predict, self.console)
         self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
-                                  time.perf_counter() - started, self.device_, self.console)
+                                  time.perf_counter() - started, self.device_, self.console, thresholds)
         return self.record_
 
     def local_descriptors(self, loaded: Loaded):
@@ -216,7 +217,7 @@ class Fisher:
         return Predictions(loaded, torch.from_numpy(self.heads_.predict_proba(codes)), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
-        return class_rows(self.record_.task, preds, self.cfg.predict)
+        return class_rows(self.record_.task, preds, self.cfg.predict, self.record_.thresholds)
 
     def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         """fgFV: each case's membership map at its original size in maps/<id>.png, plus overlays."""
@@ -234,4 +235,4 @@ class Fisher:
             writer.write(case, image, soft)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
-        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict, self.record_.thresholds)

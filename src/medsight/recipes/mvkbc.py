@@ -51,7 +51,7 @@ from medsight.config import DataConfig, NetworkConfig, Section
 from medsight.data.base import Dataset
 from medsight.engine import Stream, select_device
 from medsight.metrics import binary_metrics
-from medsight.recipes.classification import class_rows, evaluate_classes
+from medsight.recipes.classification import class_rows, decision_thresholds, evaluate_classes
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import Predictions
 from medsight.models import create_model
@@ -273,8 +273,10 @@ class MVKBCRecipe:
         val_proba = self.outputs(data.val, cfg.train.batch_size)
         plot_roc(data.task, data.val.labels.numpy(), val_proba.numpy(), run.path / "validation_roc.png")
         stage = record.stage("network")
+        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba.numpy(), cfg.predict,
+                                         self.console)
         self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
-                                  self.device_, self.console)
+                                  self.device_, self.console, thresholds)
         return self.record_
 
     def restore(self, run: RunDir, device: str = "auto") -> MVKBCRecipe:
@@ -290,7 +292,7 @@ class MVKBCRecipe:
         return Predictions(loaded, self.outputs(loaded), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
-        return class_rows(self.record_.task, preds, self.cfg.predict)
+        return class_rows(self.record_.task, preds, self.cfg.predict, self.record_.thresholds)
 
     def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
         """With ``--maps gradcam``: each view's Grad-CAM of the fused output over its OA patch."""
@@ -310,7 +312,7 @@ class MVKBCRecipe:
             start += len(maps_)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
-        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict)
+        return evaluate_classes(self.record_.task, dataset, preds, self.cfg.predict, self.record_.thresholds)
 
 
 def view_grad_cams(model, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
