@@ -645,3 +645,31 @@ def test_error_message_keeps_a_long_path_on_one_line(tmp_path, capsys):
     code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", folder, *UNET_ARGS)
     assert code == 2
     assert str(folder) in err
+
+
+# -- issue 17: trust under bad input ----------------------------------------------------------------
+
+
+def test_an_unknown_model_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.name=resnet99")
+    assert code == 2 and "model.name: unknown model 'resnet99'" in err and names(err, RESNET_CONFIG)
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.options.bogus=1")
+    assert code == 2 and "bogus" in err
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_config_error_found_late_never_blocks_the_corrected_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    # a value only the real build can judge: found after the data was read and the run begun
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.options.width=-1")
+    assert code == 2 and "model.options for 'resnet18'" in err
+    assert not run.exists()  # nothing half-made is left behind
+    # an earlier attempt that stopped before any epoch (as the releases before this fix left it)
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"recipe": "classification", "model": {"name": "resnet99"}}))
+    (run / "split.json").write_text("{}")
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--epochs", "1")
+    assert code == 0, err
+    assert RunDir(run).finished_record().finished

@@ -147,3 +147,23 @@ def test_a_run_of_the_earlier_layout_predicts_as_before(tmp_path):
         (tmp_path / "pred_run" / "predictions.csv").read_text()
     assert main(["report", str(old), "--out", str(tmp_path / "r.md")]) == 0
     assert "network: best epoch 1 of 1" in (tmp_path / "r.md").read_text()
+
+
+def test_an_attempt_without_progress_never_blocks_another_config(tmp_path):
+    """A config error found late left config.yaml, run.json and split.json: the corrected command
+    starts afresh instead of being refused as "a different config" (issue 17, item 4)."""
+    run = RunDir(tmp_path / "run")
+    run.create({**CONFIG, "model": {"name": "resnet99"}})
+    run.write_record(record())
+    (tmp_path / "run" / "split.json").write_text("{}")
+    assert run.resumable(CONFIG) is False
+    run.discard_attempt()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_attempt_with_progress_is_kept(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create(CONFIG)
+    run.write_record(record(stages={"network": StageRecord(finished=True)}))
+    run.discard_attempt()
+    assert (tmp_path / "run" / RECORD_FILE).is_file()

@@ -60,7 +60,14 @@ def train(config, data, out, device, seed, epochs, overrides):
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
     run_dir = out or _default_run_dir(config)
-    recipe_for(cfg, console).train(RunDir(run_dir), device=device)
+    run = RunDir(run_dir)
+    new = not run_dir.exists()
+    try:
+        recipe_for(cfg, console).train(run, device=device)
+    except BaseException:
+        if new:  # a first attempt that failed before any progress leaves nothing behind
+            run.discard_attempt()
+        raise
     console.print(f"run directory: {run_dir}")
 
 

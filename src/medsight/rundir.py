@@ -153,8 +153,10 @@ class RunDir:
     # -- before training ----------------------------------------------------------------------
     def resumable(self, config: dict) -> bool:
         """Whether this folder holds progress of an unfinished run of ``config`` to resume
-        (writes nothing). A finished run, another config, a run of an earlier layout or a folder
-        that is not a run are refused."""
+        (writes nothing). A finished run, an unfinished run of another config, a run of an
+        earlier layout or a folder that is not a run are refused. An attempt that never finished
+        an epoch or a stage (a config error found late, an interrupted data loading) holds nothing
+        to keep: it is started afresh, whatever its config."""
         if not self.path.exists() or not any(self.path.iterdir()):
             return False
         saved_config = self.path / CONFIG_FILE
@@ -163,17 +165,35 @@ class RunDir:
         record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
         if record is not None and record.finished:
             raise MedsightError(f"{self.path}: holds a finished run; choose another --out")
+        if not self._progress(record):
+            return False
         saved = yaml.safe_load(saved_config.read_text())
         if saved != config:
             diff = sorted(_diff_keys(saved, config))
             raise MedsightError(f"{self.path}: holds an unfinished run with a different config "
                                 f"({', '.join(diff)}); resume it with the same settings or choose another --out")
-        progress = record is not None and (any(s.finished for s in record.stages.values())
-                                           or any(self.path.rglob(CHECKPOINT)))
-        if progress and record.version < LAYOUT_VERSION:
+        if record.version < LAYOUT_VERSION:
             raise MedsightError(f"{self.path}: holds an unfinished run of an earlier medsight that cannot be "
                                 "resumed; choose another --out")
-        return progress
+        return True
+
+    def _progress(self, record: RunRecord | None) -> bool:
+        """Whether training got anywhere: a finished stage, or a loop checkpoint (an epoch, or
+        ``checkpoint_every`` steps, was trained)."""
+        return record is not None and (any(s.finished for s in record.stages.values())
+                                       or any(self.path.rglob(CHECKPOINT)))
+
+    def discard_attempt(self) -> None:
+        """Remove this folder when it holds an attempt without progress (after a failed first try,
+        so that no half-made run directory is left behind)."""
+        if not (self.path / CONFIG_FILE).is_file():
+            return
+        try:
+            record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
+        except MedsightError:
+            record = None
+        if not self._progress(record):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def create(self, config: dict) -> None:
         """Start afresh (an earlier attempt that never got as far as a checkpoint is cleared)."""
