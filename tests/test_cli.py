@@ -673,3 +673,29 @@ def test_a_config_error_found_late_never_blocks_the_corrected_command(tmp_path, 
     code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--epochs", "1")
     assert code == 0, err
     assert RunDir(run).finished_record().finished
+
+
+@pytest.mark.slow
+def test_a_second_train_into_a_run_being_written_is_refused(unfinished_run, capsys):
+    """Another live process holds the run's lock: the second command exits 2 naming it and
+    touches nothing (before, both wrote the folder and exited 0) (issue 17, item 3)."""
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (unfinished_run / "medsight.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "since": "2026-12-06T12:00:00+00:00"}))
+        before = snapshot(unfinished_run)
+        code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+        assert code == 2, err
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in err and names(err, unfinished_run)
+        assert snapshot(unfinished_run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the run resumes and the lock is released at the end
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+    assert code == 0, err
+    assert not (unfinished_run / "medsight.lock").exists()

@@ -2,13 +2,17 @@
 decide whether training may write into a folder."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from medsight.data.base import Task
 from medsight.errors import InputError, MedsightError
-from medsight.rundir import (CONFIG_FILE, LAYOUT_VERSION, RECORD_FILE, DataInfo, InputInfo, RunDir, RunRecord,
+from medsight.rundir import (CONFIG_FILE, LAYOUT_VERSION, LOCK_FILE, RECORD_FILE, DataInfo, InputInfo, RunDir, RunRecord,
                              StageRecord)
 
 CONFIG = {"recipe": "classification", "seed": 0, "train": {"epochs": 3}}
@@ -167,3 +171,85 @@ def test_a_failed_attempt_with_progress_is_kept(tmp_path):
     run.write_record(record(stages={"network": StageRecord(finished=True)}))
     run.discard_attempt()
     assert (tmp_path / "run" / RECORD_FILE).is_file()
+
+
+# -- one writer at a time (issue 17, item 3) ---------------------------------------------------------
+
+
+def write_lock(folder, pid, host=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
+                                                "since": "2026-01-01T00:00:00+00:00"}))
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        holder = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        assert run.resumable(CONFIG) is False  # the lock alone is not a run
+        run.create(CONFIG)
+        assert (tmp_path / "run" / LOCK_FILE).is_file()  # starting afresh keeps the lock
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    with pytest.raises(RuntimeError), run.locked():
+        raise RuntimeError("training failed")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CONFIG_FILE]
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, live_pid):
+    write_lock(tmp_path / "run", live_pid)
+    with pytest.raises(MedsightError, match=rf"pid {live_pid} on host {socket.gethostname()}"):
+        with RunDir(tmp_path / "run").locked():
+            pass
+    assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == live_pid  # not taken over
+    write_lock(tmp_path / "other", 1, host="another-machine")  # another host's process cannot be checked
+    with pytest.raises(MedsightError, match="pid 1 on host another-machine"):
+        with RunDir(tmp_path / "other").locked():
+            pass
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, dead_pid):
+    write_lock(tmp_path / "run", dead_pid)
+    with RunDir(tmp_path / "run").locked():
+        assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == os.getpid()
+    (tmp_path / "run" / LOCK_FILE).write_text("")  # a crash while writing the lock (unreadable)
+    with RunDir(tmp_path / "run").locked():
+        pass
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_two_processes_never_hold_the_lock_together(tmp_path):
+    """Processes race for one lock; each notes in a file while it holds it: never two at once."""
+    script = (
+        "import sys, time, os\n"
+        "from medsight.errors import MedsightError\n"
+        "from medsight.rundir import RunDir\n"
+        "run = RunDir(sys.argv[1]); log = sys.argv[2]\n"
+        "for _ in range(40):\n"
+        "    try:\n"
+        "        with run.locked():\n"
+        "            with open(log, 'a') as f: f.write('+\\n')\n"
+        "            time.sleep(0.002)\n"
+        "            with open(log, 'a') as f: f.write('-\\n')\n"
+        "    except MedsightError:\n"
+        "        pass\n")
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(log)]) for _ in range(3)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    marks = log.read_text().split()
+    assert marks and marks == ["+", "-"] * (len(marks) // 2)

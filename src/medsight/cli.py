@@ -62,12 +62,13 @@ def train(config, data, out, device, seed, epochs, overrides):
     run_dir = out or _default_run_dir(config)
     run = RunDir(run_dir)
     new = not run_dir.exists()
-    try:
-        recipe_for(cfg, console).train(run, device=device)
-    except BaseException:
-        if new:  # a first attempt that failed before any progress leaves nothing behind
-            run.discard_attempt()
-        raise
+    with run.locked():  # one writer at a time; a second command is refused, naming the first
+        try:
+            recipe_for(cfg, console).train(run, device=device)
+        except BaseException:
+            if new:  # a first attempt that failed before any progress leaves nothing behind
+                run.discard_attempt()
+            raise
     console.print(f"run directory: {run_dir}")
 
 

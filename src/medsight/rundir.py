@@ -5,6 +5,7 @@
       run.json        the run record (:class:`RunRecord`): task, input normalisation, data, stages, timing
       split.json      the case ids of each split (train, val, heldout)
       metrics.json    the validation metrics of the final model
+      medsight.lock   while a command writes the run: its pid and host (:meth:`RunDir.locked`)
       ...             each stage's files (weights, history, heads) in ``stage_dir(folder)``
 
 A run is trained once: a finished run, a run of another config or a folder that is not a run is
@@ -15,9 +16,13 @@ versioned dataclass read through typed fields; records written before the stages
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
+import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,6 +36,7 @@ from medsight.errors import InputError, MedsightError
 from medsight.io import jsonable, save_json
 
 CONFIG_FILE, RECORD_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "run.json", "split.json", "metrics.json"
+LOCK_FILE = "medsight.lock"  # present while a process writes the run: {"pid", "host", "since"}
 LAYOUT_VERSION = 2
 
 
@@ -157,7 +163,7 @@ class RunDir:
         earlier layout or a folder that is not a run are refused. An attempt that never finished
         an epoch or a stage (a config error found late, an interrupted data loading) holds nothing
         to keep: it is started afresh, whatever its config."""
-        if not self.path.exists() or not any(self.path.iterdir()):
+        if not self._entries():
             return False
         saved_config = self.path / CONFIG_FILE
         if not saved_config.is_file():
@@ -184,23 +190,73 @@ class RunDir:
                                        or any(self.path.rglob(CHECKPOINT)))
 
     def discard_attempt(self) -> None:
-        """Remove this folder when it holds an attempt without progress (after a failed first try,
-        so that no half-made run directory is left behind)."""
-        if not (self.path / CONFIG_FILE).is_file():
+        """Remove this folder when it holds an attempt without progress, or nothing but the lock
+        (after a failed first try, so that no half-made run directory is left behind)."""
+        if not self.path.is_dir():
             return
-        try:
-            record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
-        except MedsightError:
-            record = None
-        if not self._progress(record):
-            shutil.rmtree(self.path, ignore_errors=True)
+        if (self.path / CONFIG_FILE).is_file():
+            try:
+                record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
+            except MedsightError:
+                record = None
+            if self._progress(record):
+                return
+        elif self._entries():
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def create(self, config: dict) -> None:
-        """Start afresh (an earlier attempt that never got as far as a checkpoint is cleared)."""
-        if self.path.exists() and (self.path / CONFIG_FILE).is_file():
-            shutil.rmtree(self.path)
+        """Start afresh (an earlier attempt that never got as far as a checkpoint is cleared;
+        the lock stays)."""
+        for entry in self._entries():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _entries(self) -> list[Path]:
+        """What the folder holds besides the lock and a lock being made ([] when it does not exist)."""
+        if not self.path.is_dir():
+            return []
+        return [p for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.startswith(f".{LOCK_FILE}.")]
+
+    # -- one writer at a time ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run directory's lock while the block runs (it is created if need be): a lock
+        file naming this process and host, made atomically (a hard link of a complete file), and
+        removed when the block ends, by success or error. Another live holder is an error naming
+        it; a lock left by a process that no longer runs on this host is stale and taken over."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MedsightError(f"{self.path}: exists and is not a folder; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        mine = self.path / f".{LOCK_FILE}.{me['pid']}"
+        mine.write_text(json.dumps(me) + "\n")
+        try:
+            while True:
+                try:
+                    os.link(mine, lock)
+                    break
+                except FileExistsError:
+                    holder = _lock_holder(lock)
+                    if holder is not None and not _stale(holder):
+                        raise MedsightError(
+                            f"{self.path}: another medsight process writes this run directory (pid "
+                            f"{holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}); wait "
+                            f"for it to end or choose another --out (if no such process runs, delete {lock})") from None
+                    lock.unlink(missing_ok=True)  # stale, or gone meanwhile: try again
+        finally:
+            mine.unlink(missing_ok=True)
+        try:
+            yield self
+        finally:
+            if _lock_holder(lock) == me:
+                lock.unlink(missing_ok=True)
 
     # -- the files ------------------------------------------------------------------------------
     def read_config(self) -> dict:
@@ -241,6 +297,33 @@ class RunDir:
         if not record.finished:
             raise InputError(self.path, "training has not finished (resume it with medsight train)")
         return record
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    """The holder a lock file names (None when it vanished); an unreadable file names no one alive."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": None, "host": socket.gethostname(), "since": "?"}
+    return holder if isinstance(holder, dict) else {"pid": None, "host": socket.gethostname(), "since": "?"}
+
+
+def _stale(holder: dict) -> bool:
+    """Whether the lock's process is known to be gone: only a process on this host can be checked."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
