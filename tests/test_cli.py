@@ -699,3 +699,129 @@ def test_a_second_train_into_a_run_being_written_is_refused(unfinished_run, caps
     code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
     assert code == 0, err
     assert not (unfinished_run / "medsight.lock").exists()
+
+
+# -- an output that cannot be written, damaged run files: exit 2, one message (issue 17, item 5) ------
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nobody may write: mode 0555 for a normal user; for root (whom modes do not stop)
+    a read-only tmpfs, or a skip saying it could not be made."""
+    import os
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    elif _mount_tmpfs(folder, "ro,size=1m"):
+        yield folder
+        _umount(folder)
+    else:
+        pytest.skip("running as root without permission to mount a read-only tmpfs: cannot make a read-only folder")
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a file system with no free space left (a small tmpfs filled up; needs root)."""
+    import os
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or not _mount_tmpfs(folder, "size=256k"):
+        pytest.skip("a full file system needs a tmpfs mount (root): not available here")
+    try:
+        with open(folder / "filler", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+    except OSError:
+        pass
+    yield folder
+    _umount(folder)
+
+
+def writing_commands(seg_run, cls_run, heldout, out):
+    """Each of the six commands that write, with ``out`` as where it writes."""
+    return {
+        "train": ["train", RESNET_CONFIG, "--out", out / "run", *RESNET_ARGS],
+        "predict": ["predict", seg_run, heldout, "--out", out / "pred", "--device", "cpu"],
+        "evaluate": ["evaluate", cls_run, heldout, "--out", out / "metrics.json", "--device", "cpu"],
+        "data synth": ["data", "synth", out / "synth", "--n", "4", "--size", "32"],
+        "report": ["report", seg_run, cls_run, "--out", out / "report.html"],
+        "features": ["features", "shape", heldout, "--out", out / "shape.csv"],
+    }
+
+
+@pytest.mark.slow
+def test_a_read_only_out_is_one_message(seg_run, cls_run, heldout, readonly_dir, capsys):
+    for command, args in writing_commands(seg_run, cls_run, heldout, readonly_dir).items():
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (command, err)
+        assert "Traceback" not in err and names(err, readonly_dir), (command, err)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_message_and_leaves_nothing(seg_run, cls_run, heldout, full_dir, capsys):
+    for command, args in writing_commands(seg_run, cls_run, heldout, full_dir).items():
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (command, err)
+        assert "Traceback" not in err and names(err, full_dir), (command, err)
+        assert sorted(p.name for p in full_dir.iterdir()) == ["filler"], command
+
+
+def test_a_damaged_checkpoint_says_what_it_is_and_how_to_start_over(tmp_path):
+    import pickle
+
+    from medsight.engine.checkpoint import load_state
+    from medsight.errors import InputError
+
+    garbage, planted = tmp_path / "garbage" / "checkpoint.pt", tmp_path / "planted" / "checkpoint.pt"
+    garbage.parent.mkdir()
+    planted.parent.mkdir()
+    garbage.write_bytes(b"PK\x03\x04 not really a zip")
+    planted.write_bytes(pickle.dumps({"epoch": 1, "f": complex}))  # a pickle of more than tensors
+    for path in (garbage, planted):
+        with pytest.raises(InputError) as info:
+            load_state(path)
+        message = str(info.value)
+        assert message.startswith(str(path)) and "not a medsight checkpoint" in message
+        assert "weights_only" not in message and "delete checkpoint.pt" in message
+
+
+@pytest.mark.slow
+def test_train_on_a_damaged_checkpoint(unfinished_run, capsys):
+    saved = RunDir(unfinished_run)
+    record = saved.read_record()
+    saved.write_record(record.with_stage("network", dataclasses.replace(record.stage("network"), finished=False)))
+    (unfinished_run / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+    assert code == 2 and "not a medsight checkpoint" in err and "weights_only" not in err, err
+
+
+@pytest.mark.parametrize("text", ["- a list\n- of items\n", "recipe: [unclosed\n"], ids=["list", "not-yaml"])
+def test_a_run_config_that_is_not_a_mapping(cls_run, heldout, tmp_path, capsys, text):
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    (run / "config.yaml").write_text(text)
+    code, _, err = cli(capsys, "predict", run, heldout, "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 2 and names(err, run / "config.yaml") and "Traceback" not in err, err
+    saved = RunDir(run)
+    saved.write_record(dataclasses.replace(saved.read_record(), finished=False))
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS)
+    assert code == 2 and names(err, run / "config.yaml") and "Traceback" not in err, err

@@ -6,7 +6,9 @@ Exit codes: 0 success, 2 bad input or usage (one message naming the file and the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import sys
 import traceback
 from pathlib import Path
@@ -32,6 +34,18 @@ def _open_input(inputs: tuple[str, ...], fmt: str | None):
     return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt)
 
 
+@contextlib.contextmanager
+def _writing(target: Path):
+    """Name ``target`` in a write error that names no file (a full disk while a library writes):
+    one message and exit code 2, as for every other file the user must deal with."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise MedsightError(f"{target}: cannot write ({exc.strerror})") from None
+        raise
+
+
 def _report_rejected(rejected) -> None:
     if rejected:
         console.print(f"[yellow]{len(rejected)} case(s) rejected:[/yellow]")
@@ -55,14 +69,16 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
 def train(config, data, out, device, seed, epochs, overrides):
     """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
+    from medsight.io import check_writable
     from medsight.recipes import load_config, recipe_for
     from medsight.rundir import RunDir
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
     run_dir = out or _default_run_dir(config)
+    check_writable(run_dir)
     run = RunDir(run_dir)
     new = not run_dir.exists()
-    with run.locked():  # one writer at a time; a second command is refused, naming the first
+    with _writing(run_dir), run.locked():  # one writer at a time; a second command is refused, naming the first
         try:
             recipe_for(cfg, console).train(run, device=device)
         except BaseException:
@@ -82,11 +98,12 @@ def train(config, data, out, device, seed, epochs, overrides):
               default=None, help="Classifiers: write class activation maps to OUT/maps (default method gradcam).")
 def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
-    from medsight.io import refuse_existing_output
+    from medsight.io import check_writable, refuse_existing_output
     from medsight.recipes import load_recipe
     from medsight.recipes.common import write_predictions
 
     refuse_existing_output(out)
+    check_writable(out)
     recipe = load_recipe(run_dir, device, console)
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
@@ -95,7 +112,8 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
-    write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps))
+    with _writing(out):
+        write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps))
     console.print(f"predicted {len(preds.loaded.ids)} of {len(dataset)} cases -> {out / 'predictions.csv'}")
 
 
@@ -109,8 +127,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 def evaluate(run_dir, inputs, fmt, out, split, device):
     """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
-    from medsight.io import save_json
-    from medsight.io import jsonable
+    from medsight.io import check_writable, jsonable, save_json
     from medsight.report import format_table
     from medsight.recipes import load_recipe
     from medsight.rundir import RunDir
@@ -118,6 +135,7 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
     recipe = load_recipe(run_dir, device, console)
+    check_writable(out or run_dir)  # before the work, not after it
     run = RunDir(run_dir)
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
@@ -136,8 +154,9 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
         row = {k: {"mean": v, "std": result["std"][k], "n": result["n"]} for k, v in row.items()}
     click.echo(format_table({f"{run_dir.name} on {name} (n={result['n']})": row}))
     target = out or _unique(run_dir / f"evaluation_{name}.json")
-    save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
-                        **result}), target)
+    with _writing(target):
+        save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
+                            **result}), target)
     console.print(f"metrics written to {target}")
 
 
@@ -194,8 +213,11 @@ def data_synth(out, n, size, seed):
     """Write synthetic dermoscopy-like images with masks and labels in the 'folder' layout."""
     from medsight.data.folder import write_folder
     from medsight.data.synthetic import make_dermoscopy
+    from medsight.io import check_writable
 
-    write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
+    check_writable(out)
+    with _writing(out):
+        write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
     console.print(f"wrote {n} synthetic cases to {out}")
 
 
@@ -214,12 +236,13 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
     one row per case in OUT, the settings beside it in OUT with the suffix .json."""
     from medsight.features.extract import Settings, extract, single_case
-    from medsight.io import write_csv
+    from medsight.io import check_writable, write_csv
 
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
         if target.exists():
             raise MedsightError(f"{target}: exists; choose another --out")
+    check_writable(out)
     if bin_width is not None and bin_count is not None:
         raise click.UsageError("give --bin-width or --bin-count, not both")
     if mask is not None:
@@ -242,12 +265,19 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    write_csv(partial, rows)
-    save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
-               "mask": None if mask is None else str(mask), "format": dataset.name, "settings": settings.as_dict(),
-               "cases": len(rows), "rejected": [str(r) for r in rejected], "features": list(rows[0])[1:]},
-              settings_file)
-    partial.rename(out)
+    try:  # both files, or neither
+        with _writing(out):
+            write_csv(partial, rows)
+            save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
+                       "mask": None if mask is None else str(mask), "format": dataset.name,
+                       "settings": settings.as_dict(), "cases": len(rows), "rejected": [str(r) for r in rejected],
+                       "features": list(rows[0])[1:]}, settings_file)
+            partial.rename(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        if not out.exists():
+            settings_file.unlink(missing_ok=True)
+        raise
     console.print(f"{kind} features of {len(rows)} of {len(dataset)} cases -> {out} (settings: {settings_file})")
 
 
@@ -264,7 +294,8 @@ def report(run_dirs, out):
     """Write an HTML or Markdown report of one or more runs (metrics table and figures)."""
     from medsight.report import write_report
 
-    console.print(f"report written to {write_report(list(run_dirs), out)}")
+    with _writing(out):
+        console.print(f"report written to {write_report(list(run_dirs), out)}")
 
 
 @cli.command("models")
@@ -289,6 +320,14 @@ def main(argv=None) -> int:
     except click.Abort:
         console.print("aborted")
         return 1
+    except OSError as exc:
+        if exc.filename is None:
+            traceback.print_exc()
+            console.print("[red]unexpected error[/red] (a bug in medsight, or a problem it does not know yet)")
+            return 1
+        # a file system that refuses (read-only, full, no permission): the user's to fix, one message
+        console.print(f"[red]error:[/red] {exc.filename}: {exc.strerror or exc}")
+        return 2
     except KeyboardInterrupt:
         console.print("interrupted (an unfinished training run resumes when started again with the same --out)")
         return 130

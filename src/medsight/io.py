@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
@@ -87,6 +88,23 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def check_writable(target: Path) -> None:
+    """Refuse, before any work, an output that cannot be written (a read-only folder or file
+    system): the nearest existing folder of ``target`` must take a new file. A disk that fills up
+    later is still caught when writing; every writer here leaves no half-written file."""
+    folder = Path(target)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MedsightError(f"{target}: {folder} is not a folder; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".medsight-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MedsightError(f"{target}: cannot write in {folder} ({exc.strerror}); choose another --out") from None
 
 
 def refuse_existing_output(out_dir: Path) -> None:

@@ -173,7 +173,7 @@ class RunDir:
             raise MedsightError(f"{self.path}: holds a finished run; choose another --out")
         if not self._progress(record):
             return False
-        saved = yaml.safe_load(saved_config.read_text())
+        saved = self.read_config()
         if saved != config:
             diff = sorted(_diff_keys(saved, config))
             raise MedsightError(f"{self.path}: holds an unfinished run with a different config "
@@ -231,13 +231,14 @@ class RunDir:
         it; a lock left by a process that no longer runs on this host is stale and taken over."""
         if self.path.exists() and not self.path.is_dir():
             raise MedsightError(f"{self.path}: exists and is not a folder; choose another --out")
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK_FILE
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         mine = self.path / f".{LOCK_FILE}.{me['pid']}"
-        mine.write_text(json.dumps(me) + "\n")
         try:
+            mine.write_text(json.dumps(me) + "\n")
             while True:
                 try:
                     os.link(mine, lock)
@@ -250,8 +251,13 @@ class RunDir:
                             f"{holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}); wait "
                             f"for it to end or choose another --out (if no such process runs, delete {lock})") from None
                     lock.unlink(missing_ok=True)  # stale, or gone meanwhile: try again
-        finally:
+        except BaseException:
             mine.unlink(missing_ok=True)
+            if created:  # only if still empty: another process may have made it meanwhile and hold it
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+        mine.unlink(missing_ok=True)
         try:
             yield self
         finally:
@@ -260,7 +266,16 @@ class RunDir:
 
     # -- the files ------------------------------------------------------------------------------
     def read_config(self) -> dict:
-        return yaml.safe_load((self.path / CONFIG_FILE).read_text())
+        """The saved config; a file that is not YAML or not a mapping is an InputError naming it."""
+        path = self.path / CONFIG_FILE
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read the run's config ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if not isinstance(raw, dict):
+            raise InputError(path, "not a medsight run config: expected a mapping of keys at the top level")
+        return raw
 
     def read_record(self) -> RunRecord:
         path = self.path / RECORD_FILE
