@@ -825,3 +825,53 @@ def test_a_run_config_that_is_not_a_mapping(cls_run, heldout, tmp_path, capsys, 
     saved.write_record(dataclasses.replace(saved.read_record(), finished=False))
     code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS)
     assert code == 2 and names(err, run / "config.yaml") and "Traceback" not in err, err
+
+
+# -- where rejected cases and cases seen in training are written (issue 17, item 8) ----------------
+
+
+@pytest.mark.slow
+def test_predict_writes_the_rejected_cases(seg_run, heldout, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for src in sorted((heldout / "images").glob("*.png"))[:2]:
+        shutil.copy(src, folder / src.name)
+    bad = garbage_png(folder / "broken.png")
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, folder, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    header, rows = read_rows(out / "rejected.csv")
+    assert header == ["id", "path", "reason"]
+    assert [(r["id"], r["path"]) for r in rows] == [("broken", str(bad))] and rows[0]["reason"], rows
+    # none rejected: the file is there, header only
+    out2 = tmp_path / "pred2"
+    assert cli(capsys, "predict", seg_run, heldout, "--out", out2, "--device", "cpu")[0] == 0
+    assert read_rows(out2 / "rejected.csv") == (["id", "path", "reason"], [])
+
+
+@pytest.fixture
+def run_trained_on_heldout(cls_run, heldout, tmp_path) -> Path:
+    """A copy of the classifier run whose record says it was trained on ``heldout``: 5 of its cases
+    in the training split, 2 in the validation split."""
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    saved = RunDir(run)
+    record = saved.read_record()
+    saved.write_record(dataclasses.replace(record, data=dataclasses.replace(record.data, root=str(heldout))))
+    ids = sorted(p.stem for p in (heldout / "images").glob("*.png"))
+    saved.write_split({"train": ids[:5], "val": ids[5:7], "heldout": []})
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_records_the_cases_used_in_training_and_report_shows_it(run_trained_on_heldout, heldout,
+                                                                           tmp_path, capsys):
+    run = run_trained_on_heldout
+    code, _, err = cli(capsys, "evaluate", run, heldout, "--device", "cpu")
+    assert code == 0, err
+    assert "5 were used to train" in err and "2 to validate" in err, err
+    evaluation = json.loads((run / f"evaluation_{heldout.name}.json").read_text())
+    assert evaluation["n"] == 12 and evaluation["used_in_training"] == {"train": 5, "val": 2}
+    code, _, err = cli(capsys, "report", run, "--out", tmp_path / "report.md")
+    assert code == 0, err
+    assert f"({heldout.name}, 7 of 12 cases used in training)" in (tmp_path / "report.md").read_text()

@@ -113,7 +113,8 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
     with _writing(out):
-        write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps))
+        write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps),
+                          preds.rejected)
     console.print(f"predicted {len(preds.loaded.ids)} of {len(dataset)} cases -> {out / 'predictions.csv'}")
 
 
@@ -139,15 +140,15 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     run = RunDir(run_dir)
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
-    train_ids = set(run.split_ids("train")) if same_data else set()
     preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
     result = recipe.evaluate(dataset, preds)
-    overlap = len(train_ids & set(preds.loaded.ids))
-    if overlap:
-        console.print(f"[yellow]note: {overlap} of the {result['n']} evaluated cases were used to train this run[/yellow]")
+    used = _used_in_training(run, preds.loaded.ids, same_data)
+    if used["train"] or used["val"]:
+        console.print(f"[yellow]note: of the {result['n']} evaluated cases, {used['train']} were used to train "
+                      f"this run and {used['val']} to validate it (choose its epoch)[/yellow]")
     name = Path(inputs[0]).name + (f"-{split}" if split else "")
     row = result["metrics"]
     if "std" in result:  # per-image metrics: mean ± std over images
@@ -156,8 +157,17 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     target = out or _unique(run_dir / f"evaluation_{name}.json")
     with _writing(target):
         save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
-                            **result}), target)
+                            **result, "used_in_training": used}), target)
     console.print(f"metrics written to {target}")
+
+
+def _used_in_training(run, ids: list[str], same_data: bool) -> dict[str, int]:
+    """How many of the evaluated cases the run trained on, and validated on (the cases that
+    chose its epoch): none unless the input is the run's own training data."""
+    if not same_data:
+        return {"train": 0, "val": 0}
+    ids = set(ids)
+    return {split: len(ids & set(run.split_ids(split))) for split in ("train", "val")}
 
 
 def _restrict(dataset, split: str | None, run):

@@ -80,9 +80,10 @@ def save_json(obj: Any, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """One row per dict, the first row's keys as the header; None is written as an empty cell."""
-    fields = list(rows[0]) if rows else ["id"]
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """One row per dict, ``fields`` (default: the first row's keys) as the header; None is
+    written as an empty cell."""
+    fields = fields or (list(rows[0]) if rows else ["id"])
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

@@ -108,7 +108,7 @@ def _rows(runs: list[dict]) -> dict[str, dict]:
         rows[f"{name} (validation)"] = {k: v for k, v in val.items()
                                         if k not in ("epoch", "loss", "val_loss", "lr", "seconds")}
         for stem, ev in run["evaluations"].items():
-            rows[f"{name} ({ev.get('input', stem)})"] = ev.get("metrics", {})
+            rows[f"{name} ({ev.get('input', stem)}{_seen(ev)})"] = ev.get("metrics", {})
     return rows
 
 
@@ -141,6 +141,13 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             "padding:8px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     atomic_write(out, lambda tmp: Path(tmp).write_text(page))
     return out
+
+
+def _seen(evaluation: Mapping) -> str:
+    """", 9 of 12 cases used in training" where an evaluation saw cases the run trained or validated on."""
+    used = evaluation.get("used_in_training") or {}
+    seen = int(used.get("train", 0)) + int(used.get("val", 0))
+    return f", {seen} of {evaluation.get('n', '?')} cases used in training" if seen else ""
 
 
 def _describe(record) -> str:

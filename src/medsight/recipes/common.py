@@ -140,10 +140,15 @@ def load_cases(dataset: Dataset, cfg: RecipeConfig, info: InputInfo, need_masks:
                         console=console, description="loading cases")
 
 
-def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Path], None]) -> Path:
-    """``predictions.csv`` and the recipe's other files (masks, maps) in a new ``out_dir``, atomically."""
+def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Path], None],
+                      rejected: list[InputError] = ()) -> Path:
+    """``predictions.csv``, ``rejected.csv`` (``id, path, reason``: one row per problem of each
+    case that could not be predicted; only the header when there is none) and the recipe's other
+    files (masks, maps) in a new ``out_dir``, atomically."""
     def fill(folder: Path) -> None:
         write_csv(folder / "predictions.csv", rows)
+        write_csv(folder / "rejected.csv", [{"id": r.case_id, "path": r.path, "reason": r.problem} for r in rejected],
+                  fields=["id", "path", "reason"])
         write_files(folder)
 
     return write_new_folder(Path(out_dir), fill)

@@ -44,6 +44,8 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
             if problems:
                 if not skip_bad:
                     raise problems[0]
+                for problem in problems:
+                    problem.case_id = sample.id
                 rejected.extend(problems)
                 continue
             image_out, mask_out = preprocess(image, mask, sample)
