@@ -875,3 +875,67 @@ def test_evaluate_records_the_cases_used_in_training_and_report_shows_it(run_tra
     code, _, err = cli(capsys, "report", run, "--out", tmp_path / "report.md")
     assert code == 0, err
     assert f"({heldout.name}, 7 of 12 cases used in training)" in (tmp_path / "report.md").read_text()
+
+
+# -- evaluate maps the data's labels onto the run's classes, and says how (issue 17, item 1) --------
+
+
+@pytest.fixture
+def ph2_melanoma_run(cls_run, tmp_path) -> Path:
+    """The tiny classifier run, its record saying it learnt PH2's melanoma task (classes nevus /
+    melanoma, from the labels common_nevus, atypical_nevus, melanoma)."""
+    from medsight.data.ph2 import TASKS
+
+    run = tmp_path / "ph2_run"
+    shutil.copytree(cls_run, run)
+    saved = RunDir(run)
+    saved.write_record(dataclasses.replace(saved.read_record(), task=TASKS["melanoma"]))
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_labels_spelled_as_the_runs_classes(ph2_melanoma_run, heldout, tmp_path, capsys):
+    data = tmp_path / "named"
+    shutil.copytree(heldout, data)
+    labels = data / "labels.csv"
+    labels.write_text(labels.read_text().replace(",benign,", ",nevus,").replace(",malignant,", ",melanoma,"))
+    code, _, err = cli(capsys, "evaluate", ph2_melanoma_run, data, "--out", tmp_path / "m.json", "--device", "cpu")
+    assert code == 0, err
+    assert "class names: " in err and "melanoma -> melanoma" in err, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 12 and result["labels"] == {"rule": "class names",
+                                                      "mapping": {"melanoma": "melanoma", "nevus": "nevus"}}
+
+
+def write_isic2017(root: Path, n: int = 9) -> Path:
+    """A small ISIC-2017 validation set: nevus, melanoma and seborrheic keratosis in turn."""
+    from medsight.data.synthetic import make_dermoscopy
+
+    folder = root / "ISIC-2017_Validation_Data"
+    folder.mkdir(parents=True)
+    rows = ["image_id,melanoma,seborrheic_keratosis"]
+    for i, sample in enumerate(make_dermoscopy(n=n, size=40, seed=7).samples):
+        Image.fromarray(np.ascontiguousarray(sample.image.transpose(1, 2, 0))).save(folder / f"ISIC_{i:07d}.jpg")
+        rows.append(f"ISIC_{i:07d},{float(i % 3 == 1)},{float(i % 3 == 2)}")
+    (root / "ISIC-2017_Validation_Part3_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_isic2017_with_a_ph2_melanoma_run(ph2_melanoma_run, tmp_path, capsys):
+    data = write_isic2017(tmp_path / "isic")
+    code, out, err = cli(capsys, "evaluate", ph2_melanoma_run, data, "--out", tmp_path / "m.json", "--device", "cpu")
+    assert code == 0, err
+    assert "isic2017 task 'melanoma'" in err and "nevus, seborrheic_keratosis -> nevus" in err, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 9 and result["labels"]["rule"] == "dataset task"
+    assert result["labels"]["mapping"] == {"melanoma": "melanoma", "nevus": "nevus", "seborrheic_keratosis": "nevus"}
+
+
+@pytest.mark.slow
+def test_evaluate_real_isic2017_with_a_ph2_melanoma_run(ph2_melanoma_run, isic2017, tmp_path, capsys):
+    code, _, err = cli(capsys, "evaluate", ph2_melanoma_run, isic2017, "--split", "val", "--out", tmp_path / "m.json",
+                       "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 150 and result["labels"]["mapping"]["seborrheic_keratosis"] == "nevus"

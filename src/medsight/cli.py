@@ -145,6 +145,10 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
     result = recipe.evaluate(dataset, preds)
+    if "labels" in result:  # which labels were taken for which class
+        from medsight.recipes.labels import describe_mapping
+
+        console.print(f"labels onto the run's classes by the rule {describe_mapping(result['labels'])}")
     used = _used_in_training(run, preds.loaded.ids, same_data)
     if used["train"] or used["val"]:
         console.print(f"[yellow]note: of the {result['n']} evaluated cases, {used['train']} were used to train "
