@@ -939,3 +939,24 @@ def test_evaluate_real_isic2017_with_a_ph2_melanoma_run(ph2_melanoma_run, isic20
     assert code == 0, err
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["n"] == 150 and result["labels"]["mapping"]["seborrheic_keratosis"] == "nevus"
+
+
+# -- the run records what it was trained on; predict warns once on unlike input (issue 17, item 2) --
+
+
+@pytest.mark.slow
+def test_predict_warns_once_on_input_unlike_the_training_data(cls_run, heldout, tmp_path, capsys):
+    record = json.loads((cls_run / "run.json").read_text())["input"]
+    assert record["formats"] == [] and record["sizes"] == [[48, 48], [48, 48]]  # generated arrays, 48 px
+    assert len(record["image_mean"]) == 3 and all(0 <= lo <= hi <= 1 for lo, hi in record["image_mean"])
+    code, _, err = cli(capsys, "predict", cls_run, heldout, "--out", tmp_path / "alike", "--device", "cpu")
+    assert code == 0 and "look unlike" not in err, err
+    negative = tmp_path / "negative" / "images"
+    negative.mkdir(parents=True)
+    for src in sorted((heldout / "images").glob("*.png")):
+        Image.fromarray(255 - np.asarray(Image.open(src).convert("RGB"))).save(negative / src.name)
+    code, _, err = cli(capsys, "predict", cls_run, negative, "--out", tmp_path / "unlike", "--device", "cpu")
+    assert code == 0, err  # a warning, never a refusal
+    assert err.count("look unlike the data the run was trained on") == 1, err
+    assert "12 of 12 images with colour or intensity statistics outside" in err
+    assert len(read_rows(tmp_path / "unlike" / "predictions.csv")[1]) == 12

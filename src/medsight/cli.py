@@ -46,6 +46,19 @@ def _writing(target: Path):
         raise
 
 
+def _warn_if_unlike_training(record, preds) -> None:
+    """One warning when the cases clearly differ from the run's training images; never a refusal."""
+    from medsight.recipes.familiar import differences
+
+    loaded = preds.loaded
+    by_id = {s.id: s for s in preds.dataset.samples} if preds.dataset is not None else {}
+    found = differences(record.input, [by_id[i] for i in loaded.ids if i in by_id], loaded.images,
+                        loaded.original_sizes)
+    if found:
+        console.print(f"[yellow]warning: these cases look unlike the data the run was trained on ({'; '.join(found)}); "
+                      "its predictions may not hold for them[/yellow]")
+
+
 def _report_rejected(rejected) -> None:
     if rejected:
         console.print(f"[yellow]{len(rejected)} case(s) rejected:[/yellow]")
@@ -109,6 +122,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt)
     preds = recipe.predict(dataset)
+    _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
@@ -141,6 +155,7 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
     preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
+    _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")

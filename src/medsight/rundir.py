@@ -43,12 +43,31 @@ LAYOUT_VERSION = 2
 @dataclass(frozen=True)
 class InputInfo:
     """What the networks see: channels and size after preprocessing, and the training set's
-    per-channel mean and std (of the images scaled to [0, 1]) that every batch is normalised by."""
+    per-channel mean and std (of the images scaled to [0, 1]) that every batch is normalised by.
+
+    And what the training images were like (:mod:`medsight.recipes.familiar`; None in runs of
+    earlier releases): their file formats, their smallest and largest size and aspect ratio as
+    read, and per channel the 1st and 99th percentile of the per-image mean and std of the
+    network input."""
 
     channels: int
     image_size: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    formats: tuple[str, ...] | None = None
+    sizes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    aspect: tuple[float, float] | None = None  # width / height, 2D images
+    image_mean: tuple[tuple[float, float], ...] | None = None
+    image_std: tuple[tuple[float, float], ...] | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> InputInfo:
+        nested = lambda v: None if v is None else tuple(tuple(x) for x in v)  # noqa: E731
+        return cls(int(raw["channels"]), tuple(raw["image_size"]), tuple(raw["mean"]), tuple(raw["std"]),
+                   formats=None if raw.get("formats") is None else tuple(raw["formats"]),
+                   sizes=nested(raw.get("sizes")),
+                   aspect=None if raw.get("aspect") is None else tuple(raw["aspect"]), image_mean=nested(raw.get("image_mean")),
+                   image_std=nested(raw.get("image_std")))
 
 
 @dataclass(frozen=True)
@@ -111,8 +130,7 @@ class RunRecord:
                 recipe=raw["recipe"],
                 task=None if task is None else Task(task["name"], tuple(task["classes"]), dict(task["mapping"]),
                                                     bool(task.get("multilabel", False))),
-                input=InputInfo(int(raw["input"]["channels"]), tuple(raw["input"]["image_size"]),
-                                tuple(raw["input"]["mean"]), tuple(raw["input"]["std"])),
+                input=InputInfo.from_json(raw["input"]),
                 data=DataInfo(**raw["data"]),
                 stages={name: StageRecord(**stage) for name, stage in raw.get("stages", {}).items()},
                 finished=bool(raw.get("finished")), train_seconds=raw.get("train_seconds"),

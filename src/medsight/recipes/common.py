@@ -20,6 +20,7 @@ from medsight.data.base import Dataset, Sample, Task
 from medsight.data.splits import split_samples
 from medsight.errors import InputError, MedsightError
 from medsight.io import write_csv, write_new_folder
+from medsight.recipes.familiar import profile
 from medsight.recipes.prepare import Loaded, channel_stats, load_samples
 from medsight.rundir import DataInfo, InputInfo, RunDir, RunRecord
 from medsight.transforms.preprocess import make_preprocess
@@ -84,7 +85,9 @@ def prepare_training(cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, 
     val, _ = load_samples(split["val"], preprocess, task, need_masks, console=console,
                           description="loading validation cases")
     mean, std = channel_stats(train.images)
-    info = InputInfo(train.images.shape[1], tuple(train.images.shape[2:]), tuple(mean), tuple(std))
+    by_id = {s.id: s for s in split["train"]}
+    info = InputInfo(train.images.shape[1], tuple(train.images.shape[2:]), tuple(mean), tuple(std),
+                     **profile([by_id[i] for i in train.ids], train.images, train.original_sizes))
     return TrainingData(dataset, task, split, train, val, info)
 
 
