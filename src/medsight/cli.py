@@ -224,9 +224,10 @@ def data():
 def data_check(inputs, fmt):
     """Summarise INPUT (cases, classes, sizes, masks) or list every problem found."""
     from medsight.data.check import format_summary, summarize
+    from medsight.progress import track
 
     dataset = _open_input(inputs, fmt)
-    summary = summarize(dataset)
+    summary = summarize(dataset, progress=lambda samples: track(samples, "checking cases", console))
     click.echo(format_summary(summary))
     if summary["problems"]:
         problems = summary["problems"]
@@ -266,6 +267,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     one row per case in OUT, the settings beside it in OUT with the suffix .json."""
     from medsight.features.extract import Settings, extract, single_case
     from medsight.io import check_writable, write_csv
+    from medsight.progress import track
 
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
@@ -282,9 +284,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
         dataset = _open_input(inputs, fmt)
     settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
                         n_coefficients=n_coefficients)
-    with _progress() as progress:
-        rows, rejected = extract(kind, dataset, settings,
-                                 lambda items: progress.track(items, description=f"{kind} features"))
+    rows, rejected = extract(kind, dataset, settings, lambda items: track(items, f"{kind} features", console))
     _report_rejected(rejected)
     if not rows:
         raise MedsightError(f"{dataset.root}: no case could be described"
@@ -308,12 +308,6 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
             settings_file.unlink(missing_ok=True)
         raise
     console.print(f"{kind} features of {len(rows)} of {len(dataset)} cases -> {out} (settings: {settings_file})")
-
-
-def _progress():
-    from rich.progress import Progress
-
-    return Progress(console=console, transient=True, disable=not console.is_terminal)
 
 
 @cli.command()
