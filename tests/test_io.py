@@ -90,3 +90,13 @@ def test_every_written_file_follows_the_umask(tmp_path, umask):
         "run.json"]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_a_written_dataset_follows_the_umask(tmp_path, umask):
+    from medsight.data.folder import write_folder
+    from medsight.data.synthetic import make_dermoscopy
+
+    root = write_folder(make_dermoscopy(n=2, size=16, seed=0), tmp_path / "data")
+    for path in [root, *root.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path

@@ -45,6 +45,13 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def umasked(mode: int) -> int:
+    """``mode`` less the process umask: what ``open`` or ``mkdir`` would give a new file or folder."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mode & ~mask
+
+
 def jsonable(obj: Any) -> Any:
     """A JSON-serialisable copy: NumPy scalars and arrays (and torch tensors) become Python numbers
     and lists, tuples become lists, mapping keys strings, and nan / inf become None."""
