@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,12 @@ def load_state(path: str | Path) -> dict[str, Any]:
     ``weights_only=False``, which is what must never be done with a file of unknown origin."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings(record=True) as caught:  # torch's remarks on a file it then refuses
+            warnings.simplefilter("always")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for warning in caught:  # a file that loads keeps them
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return state
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         what = "holds objects other than tensors" if isinstance(exc, pickle.UnpicklingError) else "cannot be read"
         raise InputError(path, f"not a medsight checkpoint (it {what}); to train this stage again from its "
