@@ -658,3 +658,318 @@ def test_error_message_keeps_a_long_path_on_one_line(tmp_path, capsys):
     code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", folder, *UNET_ARGS)
     assert code == 2
     assert str(folder) in err
+
+
+# -- issue 17: trust under bad input ----------------------------------------------------------------
+
+
+def test_an_unknown_model_is_refused_before_the_run_directory_exists(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.name=resnet99")
+    assert code == 2 and "model.name: unknown model 'resnet99'" in err and names(err, RESNET_CONFIG)
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.options.bogus=1")
+    assert code == 2 and "bogus" in err
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_config_error_found_late_never_blocks_the_corrected_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    # a value only the real build can judge: found after the data was read and the run begun
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--set", "model.options.width=-1")
+    assert code == 2 and "model.options for 'resnet18'" in err
+    assert not run.exists()  # nothing half-made is left behind
+    # an earlier attempt that stopped before any epoch (as the releases before this fix left it)
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"recipe": "classification", "model": {"name": "resnet99"}}))
+    (run / "split.json").write_text("{}")
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS, "--epochs", "1")
+    assert code == 0, err
+    assert RunDir(run).finished_record().finished
+
+
+@pytest.mark.slow
+def test_a_second_train_into_a_run_being_written_is_refused(unfinished_run, capsys):
+    """Another live process holds the run's lock: the second command exits 2 naming it and
+    touches nothing (before, both wrote the folder and exited 0) (issue 17, item 3)."""
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (unfinished_run / "medsight.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "since": "2026-12-06T12:00:00+00:00"}))
+        before = snapshot(unfinished_run)
+        code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+        assert code == 2, err
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in err and names(err, unfinished_run)
+        assert snapshot(unfinished_run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the run resumes and the lock is released at the end
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+    assert code == 0, err
+    assert not (unfinished_run / "medsight.lock").exists()
+
+
+# -- an output that cannot be written, damaged run files: exit 2, one message (issue 17, item 5) ------
+
+
+def _mount_tmpfs(folder: Path, options: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nobody may write: mode 0555 for a normal user; for root (whom modes do not stop)
+    a read-only tmpfs, or a skip saying it could not be made."""
+    import os
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+    elif _mount_tmpfs(folder, "ro,size=1m"):
+        yield folder
+        _umount(folder)
+    else:
+        pytest.skip("running as root without permission to mount a read-only tmpfs: cannot make a read-only folder")
+
+
+@pytest.fixture
+def full_dir(tmp_path):
+    """A folder on a file system with no free space left (a small tmpfs filled up; needs root)."""
+    import os
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0 or not _mount_tmpfs(folder, "size=256k"):
+        pytest.skip("a full file system needs a tmpfs mount (root): not available here")
+    try:
+        with open(folder / "filler", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+    except OSError:
+        pass
+    yield folder
+    _umount(folder)
+
+
+def writing_commands(seg_run, cls_run, heldout, out):
+    """Each of the six commands that write, with ``out`` as where it writes."""
+    return {
+        "train": ["train", RESNET_CONFIG, "--out", out / "run", *RESNET_ARGS],
+        "predict": ["predict", seg_run, heldout, "--out", out / "pred", "--device", "cpu"],
+        "evaluate": ["evaluate", cls_run, heldout, "--out", out / "metrics.json", "--device", "cpu"],
+        "data synth": ["data", "synth", out / "synth", "--n", "4", "--size", "32"],
+        "report": ["report", seg_run, cls_run, "--out", out / "report.html"],
+        "features": ["features", "shape", heldout, "--out", out / "shape.csv"],
+    }
+
+
+@pytest.mark.slow
+def test_a_read_only_out_is_one_message(seg_run, cls_run, heldout, readonly_dir, capsys):
+    for command, args in writing_commands(seg_run, cls_run, heldout, readonly_dir).items():
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (command, err)
+        assert "Traceback" not in err and names(err, readonly_dir), (command, err)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_message_and_leaves_nothing(seg_run, cls_run, heldout, full_dir, capsys):
+    for command, args in writing_commands(seg_run, cls_run, heldout, full_dir).items():
+        code, _, err = cli(capsys, *args)
+        assert code == 2, (command, err)
+        assert "Traceback" not in err and names(err, full_dir), (command, err)
+        assert sorted(p.name for p in full_dir.iterdir()) == ["filler"], command
+
+
+def test_a_damaged_checkpoint_says_what_it_is_and_how_to_start_over(tmp_path):
+    import pickle
+
+    from medsight.engine.checkpoint import load_state
+    from medsight.errors import InputError
+
+    garbage, planted = tmp_path / "garbage" / "checkpoint.pt", tmp_path / "planted" / "checkpoint.pt"
+    garbage.parent.mkdir()
+    planted.parent.mkdir()
+    garbage.write_bytes(b"PK\x03\x04 not really a zip")
+    planted.write_bytes(pickle.dumps({"epoch": 1, "f": complex}))  # a pickle of more than tensors
+    for path in (garbage, planted):
+        with pytest.raises(InputError) as info:
+            load_state(path)
+        message = str(info.value)
+        assert message.startswith(str(path)) and "not a medsight checkpoint" in message
+        assert "weights_only" not in message and "delete checkpoint.pt" in message
+
+
+@pytest.mark.slow
+def test_train_on_a_damaged_checkpoint(unfinished_run, capsys):
+    saved = RunDir(unfinished_run)
+    record = saved.read_record()
+    saved.write_record(record.with_stage("network", dataclasses.replace(record.stage("network"), finished=False)))
+    (unfinished_run / "checkpoint.pt").write_bytes(b"\x80\x04garbage")
+    code, _, err = cli(capsys, "train", UNET_CONFIG, "--out", unfinished_run, *UNET_ARGS)
+    assert code == 2 and "not a medsight checkpoint" in err and "weights_only" not in err, err
+
+
+@pytest.mark.parametrize("text", ["- a list\n- of items\n", "recipe: [unclosed\n"], ids=["list", "not-yaml"])
+def test_a_run_config_that_is_not_a_mapping(cls_run, heldout, tmp_path, capsys, text):
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    (run / "config.yaml").write_text(text)
+    code, _, err = cli(capsys, "predict", run, heldout, "--out", tmp_path / "pred", "--device", "cpu")
+    assert code == 2 and names(err, run / "config.yaml") and "Traceback" not in err, err
+    saved = RunDir(run)
+    saved.write_record(dataclasses.replace(saved.read_record(), finished=False))
+    code, _, err = cli(capsys, "train", RESNET_CONFIG, "--out", run, *RESNET_ARGS)
+    assert code == 2 and names(err, run / "config.yaml") and "Traceback" not in err, err
+
+
+# -- where rejected cases and cases seen in training are written (issue 17, item 8) ----------------
+
+
+@pytest.mark.slow
+def test_predict_writes_the_rejected_cases(seg_run, heldout, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for src in sorted((heldout / "images").glob("*.png"))[:2]:
+        shutil.copy(src, folder / src.name)
+    bad = garbage_png(folder / "broken.png")
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", seg_run, folder, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    header, rows = read_rows(out / "rejected.csv")
+    assert header == ["id", "path", "reason"]
+    assert [(r["id"], r["path"]) for r in rows] == [("broken", str(bad))] and rows[0]["reason"], rows
+    # none rejected: the file is there, header only
+    out2 = tmp_path / "pred2"
+    assert cli(capsys, "predict", seg_run, heldout, "--out", out2, "--device", "cpu")[0] == 0
+    assert read_rows(out2 / "rejected.csv") == (["id", "path", "reason"], [])
+
+
+@pytest.fixture
+def run_trained_on_heldout(cls_run, heldout, tmp_path) -> Path:
+    """A copy of the classifier run whose record says it was trained on ``heldout``: 5 of its cases
+    in the training split, 2 in the validation split."""
+    run = tmp_path / "run"
+    shutil.copytree(cls_run, run)
+    saved = RunDir(run)
+    record = saved.read_record()
+    saved.write_record(dataclasses.replace(record, data=dataclasses.replace(record.data, root=str(heldout))))
+    ids = sorted(p.stem for p in (heldout / "images").glob("*.png"))
+    saved.write_split({"train": ids[:5], "val": ids[5:7], "heldout": []})
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_records_the_cases_used_in_training_and_report_shows_it(run_trained_on_heldout, heldout,
+                                                                           tmp_path, capsys):
+    run = run_trained_on_heldout
+    code, _, err = cli(capsys, "evaluate", run, heldout, "--device", "cpu")
+    assert code == 0, err
+    assert "5 were used to train" in err and "2 to validate" in err, err
+    evaluation = json.loads((run / f"evaluation_{heldout.name}.json").read_text())
+    assert evaluation["n"] == 12 and evaluation["used_in_training"] == {"train": 5, "val": 2}
+    code, _, err = cli(capsys, "report", run, "--out", tmp_path / "report.md")
+    assert code == 0, err
+    assert f"({heldout.name}, 7 of 12 cases used in training)" in (tmp_path / "report.md").read_text()
+
+
+# -- evaluate maps the data's labels onto the run's classes, and says how (issue 17, item 1) --------
+
+
+@pytest.fixture
+def ph2_melanoma_run(cls_run, tmp_path) -> Path:
+    """The tiny classifier run, its record saying it learnt PH2's melanoma task (classes nevus /
+    melanoma, from the labels common_nevus, atypical_nevus, melanoma)."""
+    from medsight.data.ph2 import TASKS
+
+    run = tmp_path / "ph2_run"
+    shutil.copytree(cls_run, run)
+    saved = RunDir(run)
+    saved.write_record(dataclasses.replace(saved.read_record(), task=TASKS["melanoma"]))
+    return run
+
+
+@pytest.mark.slow
+def test_evaluate_labels_spelled_as_the_runs_classes(ph2_melanoma_run, heldout, tmp_path, capsys):
+    data = tmp_path / "named"
+    shutil.copytree(heldout, data)
+    labels = data / "labels.csv"
+    labels.write_text(labels.read_text().replace(",benign,", ",nevus,").replace(",malignant,", ",melanoma,"))
+    code, _, err = cli(capsys, "evaluate", ph2_melanoma_run, data, "--out", tmp_path / "m.json", "--device", "cpu")
+    assert code == 0, err
+    assert "class names: " in err and "melanoma -> melanoma" in err, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 12 and result["labels"] == {"rule": "class names",
+                                                      "mapping": {"melanoma": "melanoma", "nevus": "nevus"}}
+
+
+def write_isic2017(root: Path, n: int = 9) -> Path:
+    """A small ISIC-2017 validation set: nevus, melanoma and seborrheic keratosis in turn."""
+    from medsight.data.synthetic import make_dermoscopy
+
+    folder = root / "ISIC-2017_Validation_Data"
+    folder.mkdir(parents=True)
+    rows = ["image_id,melanoma,seborrheic_keratosis"]
+    for i, sample in enumerate(make_dermoscopy(n=n, size=40, seed=7).samples):
+        Image.fromarray(np.ascontiguousarray(sample.image.transpose(1, 2, 0))).save(folder / f"ISIC_{i:07d}.jpg")
+        rows.append(f"ISIC_{i:07d},{float(i % 3 == 1)},{float(i % 3 == 2)}")
+    (root / "ISIC-2017_Validation_Part3_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_isic2017_with_a_ph2_melanoma_run(ph2_melanoma_run, tmp_path, capsys):
+    data = write_isic2017(tmp_path / "isic")
+    code, out, err = cli(capsys, "evaluate", ph2_melanoma_run, data, "--out", tmp_path / "m.json", "--device", "cpu")
+    assert code == 0, err
+    assert "isic2017 task 'melanoma'" in err and "nevus, seborrheic_keratosis -> nevus" in err, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 9 and result["labels"]["rule"] == "dataset task"
+    assert result["labels"]["mapping"] == {"melanoma": "melanoma", "nevus": "nevus", "seborrheic_keratosis": "nevus"}
+
+
+@pytest.mark.slow
+def test_evaluate_real_isic2017_with_a_ph2_melanoma_run(ph2_melanoma_run, isic2017, tmp_path, capsys):
+    code, _, err = cli(capsys, "evaluate", ph2_melanoma_run, isic2017, "--split", "val", "--out", tmp_path / "m.json",
+                       "--device", "cpu")
+    assert code == 0, err
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 150 and result["labels"]["mapping"]["seborrheic_keratosis"] == "nevus"
+
+
+# -- the run records what it was trained on; predict warns once on unlike input (issue 17, item 2) --
+
+
+@pytest.mark.slow
+def test_predict_warns_once_on_input_unlike_the_training_data(cls_run, heldout, tmp_path, capsys):
+    record = json.loads((cls_run / "run.json").read_text())["input"]
+    assert record["formats"] == [] and record["sizes"] == [[48, 48], [48, 48]]  # generated arrays, 48 px
+    assert len(record["image_mean"]) == 3 and all(0 <= lo <= hi <= 1 for lo, hi in record["image_mean"])
+    code, _, err = cli(capsys, "predict", cls_run, heldout, "--out", tmp_path / "alike", "--device", "cpu")
+    assert code == 0 and "look unlike" not in err, err
+    negative = tmp_path / "negative" / "images"
+    negative.mkdir(parents=True)
+    for src in sorted((heldout / "images").glob("*.png")):
+        Image.fromarray(255 - np.asarray(Image.open(src).convert("RGB"))).save(negative / src.name)
+    code, _, err = cli(capsys, "predict", cls_run, negative, "--out", tmp_path / "unlike", "--device", "cpu")
+    assert code == 0, err  # a warning, never a refusal
+    assert err.count("look unlike the data the run was trained on") == 1, err
+    assert "12 of 12 images with colour or intensity statistics outside" in err
+    assert len(read_rows(tmp_path / "unlike" / "predictions.csv")[1]) == 12

@@ -1,14 +1,19 @@
 """The run directory: the typed record (and records of the earlier layout), and the checks that
 decide whether training may write into a folder."""
 
+import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from medsight.data.base import Task
 from medsight.errors import InputError, MedsightError
-from medsight.rundir import (CONFIG_FILE, LAYOUT_VERSION, RECORD_FILE, DataInfo, InputInfo, RunDir, RunRecord,
+from medsight.rundir import (CONFIG_FILE, LAYOUT_VERSION, LOCK_FILE, RECORD_FILE, DataInfo, InputInfo, RunDir, RunRecord,
                              StageRecord)
 
 CONFIG = {"recipe": "classification", "seed": 0, "train": {"epochs": 3}}
@@ -143,7 +148,113 @@ def test_a_run_of_the_earlier_layout_predicts_as_before(tmp_path):
     for name in ("run", "old"):
         assert main(["predict", str(tmp_path / name), str(cases), "--out", str(tmp_path / f"pred_{name}"),
                      "--device", "cpu"]) == 0
-    assert (tmp_path / "pred_old" / "predictions.csv").read_text() == \
-        (tmp_path / "pred_run" / "predictions.csv").read_text()
+    rows = {name: list(csv.DictReader((tmp_path / f"pred_{name}" / "predictions.csv").open()))
+            for name in ("run", "old")}
+    assert [(r["id"], r["p_malignant"]) for r in rows["old"]] == [(r["id"], r["p_malignant"]) for r in rows["run"]]
+    # layout 1 stored no decision threshold: the old run decides at 0.5, as it did
+    assert [r["pred"] for r in rows["old"]] == ["malignant" if float(r["p_malignant"]) >= 0.5 else "benign"
+                                                for r in rows["old"]]
     assert main(["report", str(old), "--out", str(tmp_path / "r.md")]) == 0
     assert "network: best epoch 1 of 1" in (tmp_path / "r.md").read_text()
+
+
+def test_an_attempt_without_progress_never_blocks_another_config(tmp_path):
+    """A config error found late left config.yaml, run.json and split.json: the corrected command
+    starts afresh instead of being refused as "a different config" (issue 17, item 4)."""
+    run = RunDir(tmp_path / "run")
+    run.create({**CONFIG, "model": {"name": "resnet99"}})
+    run.write_record(record())
+    (tmp_path / "run" / "split.json").write_text("{}")
+    assert run.resumable(CONFIG) is False
+    run.discard_attempt()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_attempt_with_progress_is_kept(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create(CONFIG)
+    run.write_record(record(stages={"network": StageRecord(finished=True)}))
+    run.discard_attempt()
+    assert (tmp_path / "run" / RECORD_FILE).is_file()
+
+
+# -- one writer at a time (issue 17, item 3) ---------------------------------------------------------
+
+
+def write_lock(folder, pid, host=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
+                                                "since": "2026-01-01T00:00:00+00:00"}))
+
+
+@pytest.fixture
+def live_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.locked():
+        holder = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        assert run.resumable(CONFIG) is False  # the lock alone is not a run
+        run.create(CONFIG)
+        assert (tmp_path / "run" / LOCK_FILE).is_file()  # starting afresh keeps the lock
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+    with pytest.raises(RuntimeError), run.locked():
+        raise RuntimeError("training failed")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CONFIG_FILE]
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path, live_pid):
+    write_lock(tmp_path / "run", live_pid)
+    with pytest.raises(MedsightError, match=rf"pid {live_pid} on host {socket.gethostname()}"):
+        with RunDir(tmp_path / "run").locked():
+            pass
+    assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == live_pid  # not taken over
+    write_lock(tmp_path / "other", 1, host="another-machine")  # another host's process cannot be checked
+    with pytest.raises(MedsightError, match="pid 1 on host another-machine"):
+        with RunDir(tmp_path / "other").locked():
+            pass
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, dead_pid):
+    write_lock(tmp_path / "run", dead_pid)
+    with RunDir(tmp_path / "run").locked():
+        assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == os.getpid()
+    (tmp_path / "run" / LOCK_FILE).write_text("")  # a crash while writing the lock (unreadable)
+    with RunDir(tmp_path / "run").locked():
+        pass
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_two_processes_never_hold_the_lock_together(tmp_path):
+    """Two processes race for one lock; each notes in a file while it holds it: never two at once."""
+    script = (
+        "import sys, time, os\n"
+        "from medsight.errors import MedsightError\n"
+        "from medsight.rundir import RunDir\n"
+        "run = RunDir(sys.argv[1]); log = sys.argv[2]\n"
+        "for _ in range(40):\n"
+        "    try:\n"
+        "        with run.locked():\n"
+        "            with open(log, 'a') as f: f.write('+\\n')\n"
+        "            time.sleep(0.002)\n"
+        "            with open(log, 'a') as f: f.write('-\\n')\n"
+        "    except MedsightError:\n"
+        "        pass\n")
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run"), str(log)]) for _ in range(2)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    marks = log.read_text().split()
+    assert marks and marks == ["+", "-"] * (len(marks) // 2)

@@ -6,7 +6,9 @@ Exit codes: 0 success, 2 bad input or usage (one message naming the file and the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import sys
 import traceback
 from pathlib import Path
@@ -32,6 +34,31 @@ def _open_input(inputs: tuple[str, ...], fmt: str | None):
     return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt)
 
 
+@contextlib.contextmanager
+def _writing(target: Path):
+    """Name ``target`` in a write error that names no file (a full disk while a library writes):
+    one message and exit code 2, as for every other file the user must deal with."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise MedsightError(f"{target}: cannot write ({exc.strerror})") from None
+        raise
+
+
+def _warn_if_unlike_training(record, preds) -> None:
+    """One warning when the cases clearly differ from the run's training images; never a refusal."""
+    from medsight.recipes.familiar import differences
+
+    loaded = preds.loaded
+    by_id = {s.id: s for s in preds.dataset.samples} if preds.dataset is not None else {}
+    found = differences(record.input, [by_id[i] for i in loaded.ids if i in by_id], loaded.images,
+                        loaded.original_sizes)
+    if found:
+        console.print(f"[yellow]warning: these cases look unlike the data the run was trained on ({'; '.join(found)}); "
+                      "its predictions may not hold for them[/yellow]")
+
+
 def _report_rejected(rejected) -> None:
     if rejected:
         console.print(f"[yellow]{len(rejected)} case(s) rejected:[/yellow]")
@@ -55,12 +82,22 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
 def train(config, data, out, device, seed, epochs, overrides):
     """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
+    from medsight.io import check_writable
     from medsight.recipes import load_config, recipe_for
     from medsight.rundir import RunDir
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
     run_dir = out or _default_run_dir(config)
-    recipe_for(cfg, console).train(RunDir(run_dir), device=device)
+    check_writable(run_dir)
+    run = RunDir(run_dir)
+    new = not run_dir.exists()
+    with _writing(run_dir), run.locked():  # one writer at a time; a second command is refused, naming the first
+        try:
+            recipe_for(cfg, console).train(run, device=device)
+        except BaseException:
+            if new:  # a first attempt that failed before any progress leaves nothing behind
+                run.discard_attempt()
+            raise
     console.print(f"run directory: {run_dir}")
 
 
@@ -74,20 +111,24 @@ def train(config, data, out, device, seed, epochs, overrides):
               default=None, help="Classifiers: write class activation maps to OUT/maps (default method gradcam).")
 def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
-    from medsight.io import refuse_existing_output
+    from medsight.io import check_writable, refuse_existing_output
     from medsight.recipes import load_recipe
     from medsight.recipes.common import write_predictions
 
     refuse_existing_output(out)
+    check_writable(out)
     recipe = load_recipe(run_dir, device, console)
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt)
     preds = recipe.predict(dataset)
+    _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
-    write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps))
+    with _writing(out):
+        write_predictions(out, recipe.rows(preds), lambda folder: recipe.write_files(preds, folder, maps),
+                          preds.rejected)
     console.print(f"predicted {len(preds.loaded.ids)} of {len(dataset)} cases -> {out / 'predictions.csv'}")
 
 
@@ -101,8 +142,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 def evaluate(run_dir, inputs, fmt, out, split, device):
     """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
-    from medsight.io import save_json
-    from medsight.io import jsonable
+    from medsight.io import check_writable, jsonable, save_json
     from medsight.report import format_table
     from medsight.recipes import load_recipe
     from medsight.rundir import RunDir
@@ -110,18 +150,24 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
     recipe = load_recipe(run_dir, device, console)
+    check_writable(out or run_dir)  # before the work, not after it
     run = RunDir(run_dir)
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
-    train_ids = set(run.split_ids("train")) if same_data else set()
     preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
+    _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
     result = recipe.evaluate(dataset, preds)
-    overlap = len(train_ids & set(preds.loaded.ids))
-    if overlap:
-        console.print(f"[yellow]note: {overlap} of the {result['n']} evaluated cases were used to train this run[/yellow]")
+    if "labels" in result:  # which labels were taken for which class
+        from medsight.recipes.labels import describe_mapping
+
+        console.print(f"labels onto the run's classes by the rule {describe_mapping(result['labels'])}")
+    used = _used_in_training(run, preds.loaded.ids, same_data)
+    if used["train"] or used["val"]:
+        console.print(f"[yellow]note: of the {result['n']} evaluated cases, {used['train']} were used to train "
+                      f"this run and {used['val']} to validate it (choose its epoch)[/yellow]")
     name = Path(inputs[0]).name + (f"-{split}" if split else "")
     row = result["metrics"]
     if "std" in result:  # per-image metrics: mean ± std over images
@@ -133,9 +179,19 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
                 f"the same at threshold {result['fixed_threshold']}": result["fixed_threshold_metrics"]}
     click.echo(format_table(rows))
     target = out or _unique(run_dir / f"evaluation_{name}.json")
-    save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
-                        **result}), target)
+    with _writing(target):
+        save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
+                            **result, "used_in_training": used}), target)
     console.print(f"metrics written to {target}")
+
+
+def _used_in_training(run, ids: list[str], same_data: bool) -> dict[str, int]:
+    """How many of the evaluated cases the run trained on, and validated on (the cases that
+    chose its epoch): none unless the input is the run's own training data."""
+    if not same_data:
+        return {"train": 0, "val": 0}
+    ids = set(ids)
+    return {split: len(ids & set(run.split_ids(split))) for split in ("train", "val")}
 
 
 def _restrict(dataset, split: str | None, run):
@@ -173,9 +229,10 @@ def data():
 def data_check(inputs, fmt):
     """Summarise INPUT (cases, classes, sizes, masks) or list every problem found."""
     from medsight.data.check import format_summary, summarize
+    from medsight.progress import track
 
     dataset = _open_input(inputs, fmt)
-    summary = summarize(dataset)
+    summary = summarize(dataset, progress=lambda samples: track(samples, "checking cases", console))
     click.echo(format_summary(summary))
     if summary["problems"]:
         problems = summary["problems"]
@@ -191,8 +248,11 @@ def data_synth(out, n, size, seed):
     """Write synthetic dermoscopy-like images with masks and labels in the 'folder' layout."""
     from medsight.data.folder import write_folder
     from medsight.data.synthetic import make_dermoscopy
+    from medsight.io import check_writable
 
-    write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
+    check_writable(out)
+    with _writing(out):
+        write_folder(make_dermoscopy(n=n, size=size, seed=seed), out)
     console.print(f"wrote {n} synthetic cases to {out}")
 
 
@@ -211,12 +271,14 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
     one row per case in OUT, the settings beside it in OUT with the suffix .json."""
     from medsight.features.extract import Settings, extract, single_case
-    from medsight.io import write_csv
+    from medsight.io import check_writable, write_csv
+    from medsight.progress import track
 
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
         if target.exists():
             raise MedsightError(f"{target}: exists; choose another --out")
+    check_writable(out)
     if bin_width is not None and bin_count is not None:
         raise click.UsageError("give --bin-width or --bin-count, not both")
     if mask is not None:
@@ -227,9 +289,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
         dataset = _open_input(inputs, fmt)
     settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
                         n_coefficients=n_coefficients)
-    with _progress() as progress:
-        rows, rejected = extract(kind, dataset, settings,
-                                 lambda items: progress.track(items, description=f"{kind} features"))
+    rows, rejected = extract(kind, dataset, settings, lambda items: track(items, f"{kind} features", console))
     _report_rejected(rejected)
     if not rows:
         raise MedsightError(f"{dataset.root}: no case could be described"
@@ -239,19 +299,20 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    write_csv(partial, rows)
-    save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
-               "mask": None if mask is None else str(mask), "format": dataset.name, "settings": settings.as_dict(),
-               "cases": len(rows), "rejected": [str(r) for r in rejected], "features": list(rows[0])[1:]},
-              settings_file)
-    partial.rename(out)
+    try:  # both files, or neither
+        with _writing(out):
+            write_csv(partial, rows)
+            save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
+                       "mask": None if mask is None else str(mask), "format": dataset.name,
+                       "settings": settings.as_dict(), "cases": len(rows), "rejected": [str(r) for r in rejected],
+                       "features": list(rows[0])[1:]}, settings_file)
+            partial.rename(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        if not out.exists():
+            settings_file.unlink(missing_ok=True)
+        raise
     console.print(f"{kind} features of {len(rows)} of {len(dataset)} cases -> {out} (settings: {settings_file})")
-
-
-def _progress():
-    from rich.progress import Progress
-
-    return Progress(console=console, transient=True, disable=not console.is_terminal)
 
 
 @cli.command()
@@ -261,7 +322,8 @@ def report(run_dirs, out):
     """Write an HTML or Markdown report of one or more runs (metrics table and figures)."""
     from medsight.report import write_report
 
-    console.print(f"report written to {write_report(list(run_dirs), out)}")
+    with _writing(out):
+        console.print(f"report written to {write_report(list(run_dirs), out)}")
 
 
 @cli.command("models")
@@ -286,6 +348,14 @@ def main(argv=None) -> int:
     except click.Abort:
         console.print("aborted")
         return 1
+    except OSError as exc:
+        if exc.filename is None:
+            traceback.print_exc()
+            console.print("[red]unexpected error[/red] (a bug in medsight, or a problem it does not know yet)")
+            return 1
+        # a file system that refuses (read-only, full, no permission): the user's to fix, one message
+        console.print(f"[red]error:[/red] {exc.filename}: {exc.strerror or exc}")
+        return 2
     except KeyboardInterrupt:
         console.print("interrupted (an unfinished training run resumes when started again with the same --out)")
         return 130

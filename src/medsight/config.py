@@ -149,6 +149,8 @@ def read_yaml(path: str | Path) -> dict:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

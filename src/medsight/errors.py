@@ -15,6 +15,7 @@ class InputError(MedsightError):
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else str(path)
         self.problem = problem
+        self.case_id: str | None = None  # the case it rejects, where it rejects one (set by the loader)
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -22,16 +23,33 @@ from medsight.errors import MedsightError
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The file ends with mode 0666 less the umask, as ``open`` would create ``path`` itself
+    (``tempfile.mkstemp``, and writers such as safetensors, make it 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
+    while True:
+        tmp = str(path.parent / f"{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
+        mode = os.stat(tmp).st_mode  # what the umask made of 0666
         write(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umasked(mode: int) -> int:
+    """``mode`` less the process umask: what ``open`` or ``mkdir`` would give a new file or folder."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mode & ~mask
 
 
 def jsonable(obj: Any) -> Any:
@@ -69,14 +87,32 @@ def save_json(obj: Any, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n"))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """One row per dict, the first row's keys as the header; None is written as an empty cell."""
-    fields = list(rows[0]) if rows else ["id"]
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """One row per dict, ``fields`` (default: the first row's keys) as the header; None is
+    written as an empty cell."""
+    fields = fields or (list(rows[0]) if rows else ["id"])
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+def check_writable(target: Path) -> None:
+    """Refuse, before any work, an output that cannot be written (a read-only folder or file
+    system): the nearest existing folder of ``target`` must take a new file. A disk that fills up
+    later is still caught when writing; every writer here leaves no half-written file."""
+    folder = Path(target)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MedsightError(f"{target}: {folder} is not a folder; choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".medsight-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MedsightError(f"{target}: cannot write in {folder} ({exc.strerror}); choose another --out") from None
 
 
 def refuse_existing_output(out_dir: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medsight.errors import InputError, MedsightError
+from medsight.io import atomic_write, check_writable
 from medsight.metrics.repeats import as_float
 from medsight.rundir import RECORD_FILE, RunDir
 
@@ -107,7 +108,7 @@ def _rows(runs: list[dict]) -> dict[str, dict]:
         rows[f"{name} (validation)"] = {k: v for k, v in val.items()
                                         if k not in ("epoch", "loss", "val_loss", "lr", "seconds")}
         for stem, ev in run["evaluations"].items():
-            rows[f"{name} ({ev.get('input', stem)})"] = ev.get("metrics", {})
+            rows[f"{name} ({ev.get('input', stem)}{_seen(ev)})"] = ev.get("metrics", {})
     return rows
 
 
@@ -117,6 +118,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         raise MedsightError(f"{out}: the report must end in .html or .md")
     if out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
+    check_writable(out)
     runs = [_load_run(Path(d)) for d in run_dirs]
     rows = _rows(runs)
     metrics = list(dict.fromkeys(k for r in rows.values() for k in r))
@@ -125,7 +127,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         for run in runs:
             parts += [f"## {run['dir']}", "", _describe(run["record"]), ""]
             parts += [f"![{f.name}]({f.resolve()})" for f in run["figures"]] + [""]
-        out.write_text("\n".join(parts))
+        atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(parts)))
         return out
     body = ["<h1>medsight report</h1>", "<pre>" + html.escape(format_table(rows, metrics, style="text")) + "</pre>"]
     for run in runs:
@@ -134,10 +136,18 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             data = base64.b64encode(fig.read_bytes()).decode()
             body.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
                         f"<figcaption>{fig.name}</figcaption></figure>")
-    out.write_text("<!doctype html><html><head><meta charset='utf-8'><title>medsight report</title>"
-                   "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}pre{background:#f4f4f4;"
-                   "padding:8px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>medsight report</title>"
+            "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}pre{background:#f4f4f4;"
+            "padding:8px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+    atomic_write(out, lambda tmp: Path(tmp).write_text(page))
     return out
+
+
+def _seen(evaluation: Mapping) -> str:
+    """", 9 of 12 cases used in training" where an evaluation saw cases the run trained or validated on."""
+    used = evaluation.get("used_in_training") or {}
+    seen = int(used.get("train", 0)) + int(used.get("val", 0))
+    return f", {seen} of {evaluation.get('n', '?')} cases used in training" if seen else ""
 
 
 def _describe(record) -> str:

@@ -5,6 +5,7 @@
       run.json        the run record (:class:`RunRecord`): task, input normalisation, data, stages, timing
       split.json      the case ids of each split (train, val, heldout)
       metrics.json    the validation metrics of the final model
+      medsight.lock   while a command writes the run: its pid and host (:meth:`RunDir.locked`)
       ...             each stage's files (weights, history, heads) in ``stage_dir(folder)``
 
 A run is trained once: a finished run, a run of another config or a folder that is not a run is
@@ -15,9 +16,13 @@ versioned dataclass read through typed fields; records written before the stages
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
+import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,18 +36,38 @@ from medsight.errors import InputError, MedsightError
 from medsight.io import jsonable, save_json
 
 CONFIG_FILE, RECORD_FILE, SPLIT_FILE, METRICS_FILE = "config.yaml", "run.json", "split.json", "metrics.json"
+LOCK_FILE = "medsight.lock"  # present while a process writes the run: {"pid", "host", "since"}
 LAYOUT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class InputInfo:
     """What the networks see: channels and size after preprocessing, and the training set's
-    per-channel mean and std (of the images scaled to [0, 1]) that every batch is normalised by."""
+    per-channel mean and std (of the images scaled to [0, 1]) that every batch is normalised by.
+
+    And what the training images were like (:mod:`medsight.recipes.familiar`; None in runs of
+    earlier releases): their file formats, their smallest and largest size and aspect ratio as
+    read, and per channel the 1st and 99th percentile of the per-image mean and std of the
+    network input."""
 
     channels: int
     image_size: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    formats: tuple[str, ...] | None = None
+    sizes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    aspect: tuple[float, float] | None = None  # width / height, 2D images
+    image_mean: tuple[tuple[float, float], ...] | None = None
+    image_std: tuple[tuple[float, float], ...] | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict) -> InputInfo:
+        nested = lambda v: None if v is None else tuple(tuple(x) for x in v)  # noqa: E731
+        return cls(int(raw["channels"]), tuple(raw["image_size"]), tuple(raw["mean"]), tuple(raw["std"]),
+                   formats=None if raw.get("formats") is None else tuple(raw["formats"]),
+                   sizes=nested(raw.get("sizes")),
+                   aspect=None if raw.get("aspect") is None else tuple(raw["aspect"]), image_mean=nested(raw.get("image_mean")),
+                   image_std=nested(raw.get("image_std")))
 
 
 @dataclass(frozen=True)
@@ -108,8 +133,7 @@ class RunRecord:
                 recipe=raw["recipe"],
                 task=None if task is None else Task(task["name"], tuple(task["classes"]), dict(task["mapping"]),
                                                     bool(task.get("multilabel", False))),
-                input=InputInfo(int(raw["input"]["channels"]), tuple(raw["input"]["image_size"]),
-                                tuple(raw["input"]["mean"]), tuple(raw["input"]["std"])),
+                input=InputInfo.from_json(raw["input"]),
                 data=DataInfo(**raw["data"]),
                 stages={name: StageRecord(**stage) for name, stage in raw.get("stages", {}).items()},
                 thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
@@ -157,9 +181,11 @@ class RunDir:
     # -- before training ----------------------------------------------------------------------
     def resumable(self, config: dict) -> bool:
         """Whether this folder holds progress of an unfinished run of ``config`` to resume
-        (writes nothing). A finished run, another config, a run of an earlier layout or a folder
-        that is not a run are refused."""
-        if not self.path.exists() or not any(self.path.iterdir()):
+        (writes nothing). A finished run, an unfinished run of another config, a run of an
+        earlier layout or a folder that is not a run are refused. An attempt that never finished
+        an epoch or a stage (a config error found late, an interrupted data loading) holds nothing
+        to keep: it is started afresh, whatever its config."""
+        if not self._entries():
             return False
         saved_config = self.path / CONFIG_FILE
         if not saved_config.is_file():
@@ -167,28 +193,111 @@ class RunDir:
         record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
         if record is not None and record.finished:
             raise MedsightError(f"{self.path}: holds a finished run; choose another --out")
-        saved = yaml.safe_load(saved_config.read_text())
+        if not self._progress(record):
+            return False
+        saved = self.read_config()
         if saved != config:
             diff = sorted(_diff_keys(saved, config))
             raise MedsightError(f"{self.path}: holds an unfinished run with a different config "
                                 f"({', '.join(diff)}); resume it with the same settings or choose another --out")
-        progress = record is not None and (any(s.finished for s in record.stages.values())
-                                           or any(self.path.rglob(CHECKPOINT)))
-        if progress and record.version < LAYOUT_VERSION:
+        if record.version < LAYOUT_VERSION:
             raise MedsightError(f"{self.path}: holds an unfinished run of an earlier medsight that cannot be "
                                 "resumed; choose another --out")
-        return progress
+        return True
+
+    def _progress(self, record: RunRecord | None) -> bool:
+        """Whether training got anywhere: a finished stage, or a loop checkpoint (an epoch, or
+        ``checkpoint_every`` steps, was trained)."""
+        return record is not None and (any(s.finished for s in record.stages.values())
+                                       or any(self.path.rglob(CHECKPOINT)))
+
+    def discard_attempt(self) -> None:
+        """Remove this folder when it holds an attempt without progress, or nothing but the lock
+        (after a failed first try, so that no half-made run directory is left behind)."""
+        if not self.path.is_dir():
+            return
+        if (self.path / CONFIG_FILE).is_file():
+            try:
+                record = self.read_record() if (self.path / RECORD_FILE).is_file() else None
+            except MedsightError:
+                record = None
+            if self._progress(record):
+                return
+        elif self._entries():
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def create(self, config: dict) -> None:
-        """Start afresh (an earlier attempt that never got as far as a checkpoint is cleared)."""
-        if self.path.exists() and (self.path / CONFIG_FILE).is_file():
-            shutil.rmtree(self.path)
+        """Start afresh (an earlier attempt that never got as far as a checkpoint is cleared;
+        the lock stays)."""
+        for entry in self._entries():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
 
+    def _entries(self) -> list[Path]:
+        """What the folder holds besides the lock and a lock being made ([] when it does not exist)."""
+        if not self.path.is_dir():
+            return []
+        return [p for p in self.path.iterdir() if p.name != LOCK_FILE and not p.name.startswith(f".{LOCK_FILE}.")]
+
+    # -- one writer at a time ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run directory's lock while the block runs (it is created if need be): a lock
+        file naming this process and host, made atomically (a hard link of a complete file), and
+        removed when the block ends, by success or error. Another live holder is an error naming
+        it; a lock left by a process that no longer runs on this host is stale and taken over."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MedsightError(f"{self.path}: exists and is not a folder; choose another --out")
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        mine = self.path / f".{LOCK_FILE}.{me['pid']}"
+        try:
+            mine.write_text(json.dumps(me) + "\n")
+            while True:
+                try:
+                    os.link(mine, lock)
+                    break
+                except FileExistsError:
+                    holder = _lock_holder(lock)
+                    if holder is not None and not _stale(holder):
+                        raise MedsightError(
+                            f"{self.path}: another medsight process writes this run directory (pid "
+                            f"{holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')}); wait "
+                            f"for it to end or choose another --out (if no such process runs, delete {lock})") from None
+                    lock.unlink(missing_ok=True)  # stale, or gone meanwhile: try again
+        except BaseException:
+            mine.unlink(missing_ok=True)
+            if created:  # only if still empty: another process may have made it meanwhile and hold it
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+            raise
+        mine.unlink(missing_ok=True)
+        try:
+            yield self
+        finally:
+            if _lock_holder(lock) == me:
+                lock.unlink(missing_ok=True)
+
     # -- the files ------------------------------------------------------------------------------
     def read_config(self) -> dict:
-        return yaml.safe_load((self.path / CONFIG_FILE).read_text())
+        """The saved config; a file that is not YAML or not a mapping is an InputError naming it."""
+        path = self.path / CONFIG_FILE
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(path, f"cannot read the run's config ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if not isinstance(raw, dict):
+            raise InputError(path, "not a medsight run config: expected a mapping of keys at the top level")
+        return raw
 
     def read_record(self) -> RunRecord:
         path = self.path / RECORD_FILE
@@ -225,6 +334,33 @@ class RunDir:
         if not record.finished:
             raise InputError(self.path, "training has not finished (resume it with medsight train)")
         return record
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    """The holder a lock file names (None when it vanished); an unreadable file names no one alive."""
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": None, "host": socket.gethostname(), "since": "?"}
+    return holder if isinstance(holder, dict) else {"pid": None, "host": socket.gethostname(), "since": "?"}
+
+
+def _stale(holder: dict) -> bool:
+    """Whether the lock's process is known to be gone: only a process on this host can be checked."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

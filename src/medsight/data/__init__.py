@@ -73,11 +73,12 @@ def open_dataset(path: str | Path | list | None, format: str | None = None, **op
     return fmt.read(path, **options)
 
 
-def validate(dataset: Dataset, task: Task | None = None) -> list[InputError]:
+def validate(dataset: Dataset, task: Task | None = None, progress=None) -> list[InputError]:
     """Load every image and mask; return one error per problem (unreadable file, size mismatch,
-    a label outside ``task``). An empty list means the dataset is usable."""
+    a label outside ``task``). An empty list means the dataset is usable. ``progress`` wraps the
+    loop over the cases (:func:`medsight.progress.track`)."""
     problems: list[InputError] = []
-    for sample in dataset.samples:
+    for sample in (progress or iter)(dataset.samples):
         problems.extend(check_sample(sample, task))
     return problems
 

@@ -41,9 +41,10 @@ def _spacing_stats(samples) -> dict | None:
             for stat, fn in (("min", np.min), ("median", np.median), ("max", np.max))}
 
 
-def summarize(dataset: Dataset, check_files: bool = True) -> dict:
+def summarize(dataset: Dataset, check_files: bool = True, progress=None) -> dict:
     """Counts per split and per class of every task, image sizes, masks and (unless
-    ``check_files`` is false) the problems :func:`validate` finds with the default task."""
+    ``check_files`` is false) the problems :func:`validate` finds with the default task
+    (``progress`` wraps its loop over the cases, as :func:`medsight.progress.track`)."""
     samples = dataset.samples
     splits = Counter(s.split or "none" for s in samples)
     tasks = {}
@@ -75,7 +76,7 @@ def summarize(dataset: Dataset, check_files: bool = True) -> dict:
     }
     if check_files:
         task = dataset.task() if dataset.default_task else None
-        summary["problems"] = [str(p) for p in validate(dataset, task)]
+        summary["problems"] = [str(p) for p in validate(dataset, task, progress)]
     return summary
 
 

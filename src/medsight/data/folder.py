@@ -30,6 +30,7 @@ from medsight.data.formats import Format
 from medsight.data.imageio import IMAGE_SUFFIXES
 from medsight.data.tables import read_table
 from medsight.errors import InputError, MedsightError
+from medsight.io import umasked
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}
@@ -237,7 +238,7 @@ def write_folder(dataset: Dataset, out_dir: str | Path) -> Path:
             writer = csv.writer(fh)
             writer.writerow(["id", "label", "image", "mask"])
             writer.writerows(rows)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.chmod(tmp, umasked(0o777))  # mkdtemp makes it private; a new folder follows the umask
         if out_dir.exists():  # an empty folder: replace it
             out_dir.rmdir()
         os.replace(tmp, out_dir)

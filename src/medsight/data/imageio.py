@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +46,6 @@ def read_mask(path: str | Path) -> np.ndarray:
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write ``(H, W)`` or ``(H, W, 3)`` uint8 as PNG atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from medsight.io import atomic_write  # its files follow the umask
+
+    atomic_write(Path(path), lambda tmp: Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,20 @@ def save_state(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """Load a loop checkpoint; ``weights_only=True`` refuses arbitrary pickled objects."""
+    """Load a loop checkpoint; ``weights_only=True`` refuses arbitrary pickled objects.
+
+    A file that is not one (damaged, truncated, or a pickle of other objects) is an InputError
+    that says so and how to start over; torch's own message would advise loading with
+    ``weights_only=False``, which is what must never be done with a file of unknown origin."""
+    path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(path, f"not a readable medsight checkpoint ({exc})") from None
+        with warnings.catch_warnings(record=True) as caught:  # torch's remarks on a file it then refuses
+            warnings.simplefilter("always")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        for warning in caught:  # a file that loads keeps them
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return state
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        what = "holds objects other than tensors" if isinstance(exc, pickle.UnpicklingError) else "cannot be read"
+        raise InputError(path, f"not a medsight checkpoint (it {what}); to train this stage again from its "
+                               f"first epoch delete {path.name}, or start over with another --out") from None

@@ -28,10 +28,32 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
+def _builder(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
         raise ConfigError(f"model.name: unknown model {name!r}; known: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    builder = _builder(name)
     try:
-        return _REGISTRY[name](**kwargs)
-    except TypeError as exc:  # an option the builder does not take
+        return builder(**kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # an option it does not take, or a bad value
         raise ConfigError(f"model.options for {name!r}: {exc}") from None
+
+
+def check_model(name: str, options: dict) -> None:
+    """Refuse (ConfigError) an unknown model name or an option its builder does not take, before
+    any data is read: the model is built with its default channels and classes on the meta device
+    (no memory, no initialisation cost). A value that only the real input can judge is left to
+    the real build."""
+    import torch
+
+    builder = _builder(name)
+    try:
+        with torch.device("meta"):
+            builder(**options)
+    except TypeError as exc:
+        raise ConfigError(f"model.options for {name!r}: {exc}") from None
+    except Exception:  # noqa: BLE001 - the defaults may not suit these options; the real build judges
+        pass

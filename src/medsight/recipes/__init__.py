@@ -9,6 +9,7 @@ from rich.console import Console
 
 from medsight.config import RecipeConfig, raw_config, validated
 from medsight.errors import ConfigError
+from medsight.models.registry import check_model
 from medsight.recipes.classification import Classification
 from medsight.recipes.descriptors import Descriptors
 from medsight.recipes.fgfv import Fisher
@@ -30,7 +31,14 @@ def parse_config(raw: dict, source: str = "config") -> RecipeConfig:
     if raw.get("recipe") not in RECIPES:
         got = "missing" if "recipe" not in raw else f"unknown recipe {raw['recipe']!r}"
         raise ConfigError(f"{source}: recipe: {got}; choose from {', '.join(RECIPES)}")
-    return validated(RECIPES[raw["recipe"]].Config, raw, source)
+    cfg = validated(RECIPES[raw["recipe"]].Config, raw, source)
+    model = getattr(cfg, "model", None)
+    if model is not None:  # the model name and options, before a run directory or any data is touched
+        try:
+            check_model(model.name, model.options)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] = (), epochs: int | None = None,

@@ -40,6 +40,7 @@ from medsight.metrics import binary_metrics, multiclass_metrics
 from medsight.metrics.thresholds import choose_threshold
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import CAM_METHODS, Predictions
+from medsight.recipes.labels import LabelMapping, label_mapping
 from medsight.recipes.network import (build_network, class_weights, crop_average, fit_network, flip_average,
                                       make_optimizer, network_outputs, restore_network, write_class_maps)
 from medsight.rundir import RunDir, RunRecord
@@ -235,24 +236,26 @@ def evaluate_classes(task: Task, dataset: Dataset, preds: Predictions, predict: 
                      thresholds: Mapping[str, float] = {}) -> dict:
     """The task's metrics on the predicted cases that carry a label, at the run's chosen
     ``thresholds``; where the run has them, also ``threshold`` (what they are) and
-    ``fixed_threshold_metrics``: the same metrics at ``predict.threshold``."""
-    y, proba, n = labelled_outputs(dataset, preds, task)
+    ``fixed_threshold_metrics``: the same metrics at ``predict.threshold``; ``labels``: how the
+    input's labels were mapped onto the task."""
+    y, proba, n, labels = labelled_outputs(dataset, preds, task)
     ovr = one_vs_rest_classes(predict.one_vs_rest, task)
     out = {"n": n, "metrics": task_metrics(task, y, proba, predict.threshold, ovr, thresholds)}
     if thresholds:
         out.update(threshold=dict(thresholds), fixed_threshold=predict.threshold,
                    fixed_threshold_metrics=task_metrics(task, y, proba, predict.threshold, ovr))
-    return out
+    return {**out, "labels": labels.to_json()}
 
 
-def labelled_outputs(dataset: Dataset, preds: Predictions, task: Task) -> tuple[np.ndarray, np.ndarray, int]:
-    """(labels, outputs, count) of the predicted cases that carry a label of ``task``."""
+def labelled_outputs(dataset: Dataset, preds: Predictions, task: Task
+                     ) -> tuple[np.ndarray, np.ndarray, int, LabelMapping]:
+    """(labels, outputs, count, how the labels were mapped) of the predicted cases that carry a
+    label; the labels map onto ``task`` by :func:`medsight.recipes.labels.label_mapping`."""
     by_id = {s.id: s for s in dataset.samples}
     keep = [i for i, c in enumerate(preds.loaded.ids) if by_id[c].diagnosis is not None]
     if not keep:
         raise InputError(dataset.root, "no labelled cases to evaluate")
-    unknown = {by_id[preds.loaded.ids[i]].diagnosis for i in keep} - set(task.mapping)
-    if unknown:
-        raise InputError(dataset.root, f"labels {sorted(unknown)} are not classes of task {task.name!r}")
-    y = np.array([task.label_of(by_id[preds.loaded.ids[i]].diagnosis) for i in keep])
-    return y, preds.outputs.numpy()[keep], len(keep)
+    diagnoses = [by_id[preds.loaded.ids[i]].diagnosis for i in keep]
+    labels = label_mapping(task, dataset, set(diagnoses))
+    y = np.array([labels.mapping[d] for d in diagnoses])
+    return y, preds.outputs.numpy()[keep], len(keep), labels

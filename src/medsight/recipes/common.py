@@ -20,6 +20,7 @@ from medsight.data.base import Dataset, Sample, Task
 from medsight.data.splits import split_samples
 from medsight.errors import InputError, MedsightError
 from medsight.io import write_csv, write_new_folder
+from medsight.recipes.familiar import profile
 from medsight.recipes.prepare import Loaded, channel_stats, load_samples
 from medsight.rundir import DataInfo, InputInfo, RunDir, RunRecord
 from medsight.transforms.preprocess import make_preprocess
@@ -84,7 +85,9 @@ def prepare_training(cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, 
     val, _ = load_samples(split["val"], preprocess, task, need_masks, console=console,
                           description="loading validation cases")
     mean, std = channel_stats(train.images)
-    info = InputInfo(train.images.shape[1], tuple(train.images.shape[2:]), tuple(mean), tuple(std))
+    by_id = {s.id: s for s in split["train"]}
+    info = InputInfo(train.images.shape[1], tuple(train.images.shape[2:]), tuple(mean), tuple(std),
+                     **profile([by_id[i] for i in train.ids], train.images, train.original_sizes))
     return TrainingData(dataset, task, split, train, val, info)
 
 
@@ -143,10 +146,15 @@ def load_cases(dataset: Dataset, cfg: RecipeConfig, info: InputInfo, need_masks:
                         console=console, description="loading cases")
 
 
-def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Path], None]) -> Path:
-    """``predictions.csv`` and the recipe's other files (masks, maps) in a new ``out_dir``, atomically."""
+def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Path], None],
+                      rejected: list[InputError] = ()) -> Path:
+    """``predictions.csv``, ``rejected.csv`` (``id, path, reason``: one row per problem of each
+    case that could not be predicted; only the header when there is none) and the recipe's other
+    files (masks, maps) in a new ``out_dir``, atomically."""
     def fill(folder: Path) -> None:
         write_csv(folder / "predictions.csv", rows)
+        write_csv(folder / "rejected.csv", [{"id": r.case_id, "path": r.path, "reason": r.problem} for r in rejected],
+                  fields=["id", "path", "reason"])
         write_files(folder)
 
     return write_new_folder(Path(out_dir), fill)

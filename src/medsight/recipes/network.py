@@ -20,6 +20,7 @@ from medsight.engine.streams import batch_indices
 from medsight.errors import ConfigError, InputError
 from medsight.io import write_csv
 from medsight.models import create_model
+from medsight.progress import track
 from medsight.recipes.prepare import Loaded, normalise
 from medsight.rundir import InputInfo, RunDir, RunRecord, StageRecord
 from medsight.transforms.augment import augment_batch, grid_crops
@@ -149,7 +150,9 @@ def restore_network(model: torch.nn.Module, path: Path, device: torch.device) ->
 def network_outputs(loaded: Loaded, info: InputInfo, forward: Callable[[torch.Tensor], torch.Tensor],
                     device: torch.device, batch_size: int = 32) -> torch.Tensor:
     """``forward`` over every case of ``loaded`` (normalised, in batches), on the CPU as float."""
-    outputs = [forward(batch["x"].to(device)).float().cpu() for batch in eval_batches(loaded, info, batch_size)]
+    batches = track(eval_batches(loaded, info, batch_size), f"predicting (batches of {batch_size})",
+                    total=-(-len(loaded.ids) // batch_size))
+    outputs = [forward(batch["x"].to(device)).float().cpu() for batch in batches]
     shape = (0,) if not outputs else outputs[0].shape[1:]
     return torch.cat(outputs) if outputs else torch.zeros(shape)
 
@@ -187,7 +190,9 @@ def write_class_maps(model: torch.nn.Module, preds_loaded: Loaded, info: InputIn
                           "not map its input back to the original")
     writer = MapWriter(folder)
     by_id = {s.id: s for s in dataset.samples}
-    for batch_ids, batch in zip(batch_indices(len(preds_loaded.ids), 32), eval_batches(preds_loaded, info, 32)):
+    batches = track(eval_batches(preds_loaded, info, 32), f"{method} maps (batches of 32)",
+                    total=-(-len(preds_loaded.ids) // 32))
+    for batch_ids, batch in zip(batch_indices(len(preds_loaded.ids), 32), batches):
         maps = class_maps(model, batch["x"].to(device), method).cpu().numpy()
         for i, m in zip(batch_ids.tolist(), maps):
             case = preds_loaded.ids[i]

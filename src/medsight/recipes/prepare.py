@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from medsight.data import load_checked
 from medsight.data.base import Sample, Task
 from medsight.errors import InputError
+from medsight.progress import track
 from medsight.transforms.preprocess import Preprocess
 
 
@@ -36,26 +36,27 @@ def load_samples(samples: list[Sample], preprocess: Preprocess, task: Task | Non
     console = console or Console(stderr=True)
     ids, images, masks, labels, sizes, rejected = [], [], [], [], [], []
     multilabel = task is not None and task.multilabel
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        for sample in progress.track(samples, description=description):
-            image, mask, problems = load_checked(sample, task)
-            if need_masks and not sample.has_mask:
-                problems.append(InputError(sample.source, "no mask, but this recipe needs one to evaluate or train"))
-            if problems:
-                if not skip_bad:
-                    raise problems[0]
-                rejected.extend(problems)
-                continue
-            image_out, mask_out = preprocess(image, mask, sample)
-            ids.append(sample.id)
-            sizes.append(tuple(image.shape[1:]))
-            images.append(image_out)
-            if need_masks:
-                masks.append(mask_out)
-            if multilabel:
-                labels.append(task.targets(sample.diagnosis))
-            else:
-                labels.append(task.label_of(sample.diagnosis) if task is not None else -1)
+    for sample in track(samples, description, console):
+        image, mask, problems = load_checked(sample, task)
+        if need_masks and not sample.has_mask:
+            problems.append(InputError(sample.source, "no mask, but this recipe needs one to evaluate or train"))
+        if problems:
+            if not skip_bad:
+                raise problems[0]
+            for problem in problems:
+                problem.case_id = sample.id
+            rejected.extend(problems)
+            continue
+        image_out, mask_out = preprocess(image, mask, sample)
+        ids.append(sample.id)
+        sizes.append(tuple(image.shape[1:]))
+        images.append(image_out)
+        if need_masks:
+            masks.append(mask_out)
+        if multilabel:
+            labels.append(task.targets(sample.diagnosis))
+        else:
+            labels.append(task.label_of(sample.diagnosis) if task is not None else -1)
     if not ids:
         empty = (0, len(task.classes)) if multilabel else (0,)
         return Loaded([], torch.zeros((0,), dtype=torch.uint8), None, torch.zeros(empty, dtype=torch.int64), []), rejected
