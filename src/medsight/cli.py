@@ -55,13 +55,30 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
 def train(config, data, out, device, seed, epochs, overrides):
     """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
+    import tempfile
+
     from medsight.recipes import load_config, recipe_for
     from medsight.rundir import RunDir
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
+    w = _start_processes(device)
     run_dir = out or _default_run_dir(config)
-    recipe_for(cfg, console).train(RunDir(run_dir), device=device)
-    console.print(f"run directory: {run_dir}")
+    if w.is_main:
+        recipe_for(cfg, console).train(RunDir(run_dir), device=device)
+        console.print(f"run directory: {run_dir}")
+        return
+    with tempfile.TemporaryDirectory(prefix=f"medsight-rank{w.rank}-") as scratch:  # rank 0 alone writes the run
+        recipe_for(cfg, Console(quiet=True)).train(RunDir(Path(scratch) / "run"), device=device)
+
+
+def _start_processes(device: str):
+    """Join torchrun's processes, when it started this one (see README: More than one GPU or machine)."""
+    from medsight.engine.distributed import start
+
+    w = start(device)
+    if w.size > 1 and w.is_main:
+        console.print(f"world_size: {w.size} (torchrun processes, each with its share of every batch)")
+    return w
 
 
 @cli.command()
@@ -78,12 +95,17 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     from medsight.recipes import load_recipe
     from medsight.recipes.common import write_predictions
 
+    from medsight.recipes.common import predict_shared
+
     refuse_existing_output(out)
-    recipe = load_recipe(run_dir, device, console)
+    w = _start_processes(device)
+    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt)
-    preds = recipe.predict(dataset)
+    preds = predict_shared(recipe, dataset)
+    if not w.is_main:  # rank 0 writes what all the processes predicted
+        return
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
@@ -107,14 +129,19 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     from medsight.recipes import load_recipe
     from medsight.rundir import RunDir
 
+    from medsight.recipes.common import predict_shared
+
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
-    recipe = load_recipe(run_dir, device, console)
+    w = _start_processes(device)
+    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     run = RunDir(run_dir)
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
     train_ids = set(run.split_ids("train")) if same_data else set()
-    preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
+    preds = predict_shared(recipe, dataset, need_masks=recipe.needs_masks)
+    if not w.is_main:  # rank 0 writes what all the processes predicted
+        return
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
@@ -268,6 +295,14 @@ def models_cmd():
 
 
 def main(argv=None) -> int:
+    from medsight.engine.distributed import stop
+
+    code = _main(argv)
+    stop(success=code == 0)  # leave torchrun's process group, when this process joined one
+    return code
+
+
+def _main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="medsight", standalone_mode=False)
     except MedsightError as exc:
