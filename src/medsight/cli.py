@@ -93,9 +93,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
     from medsight.io import refuse_existing_output
     from medsight.recipes import load_recipe
-    from medsight.recipes.common import write_predictions
-
-    from medsight.recipes.common import predict_shared
+    from medsight.recipes.common import predict_shared, write_predictions
 
     refuse_existing_output(out)
     w = _start_processes(device)
@@ -127,9 +125,8 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     from medsight.io import jsonable
     from medsight.report import format_table
     from medsight.recipes import load_recipe
-    from medsight.rundir import RunDir
-
     from medsight.recipes.common import predict_shared
+    from medsight.rundir import RunDir
 
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
@@ -295,10 +292,9 @@ def models_cmd():
 
 
 def main(argv=None) -> int:
-    from medsight.engine.distributed import stop
-
     code = _main(argv)
-    stop(success=code == 0)  # leave torchrun's process group, when this process joined one
+    if "medsight.engine.distributed" in sys.modules:  # leave torchrun's process group, if this process joined one
+        sys.modules["medsight.engine.distributed"].stop(success=code == 0)
     return code
 
 

@@ -63,19 +63,22 @@ def data():
     return x, y
 
 
-def fit(folder, epochs=1, stop_after=None):
+def fit(folder, epochs=1, stop_at=None):
+    """``stop_at`` (epoch, step): raise Stop when the epoch's batch of that step is drawn."""
     x, y = data()
     stream = Stream(22, 5, lambda idx, gen: {"x": x[idx], "y": y[idx], "i": idx})
     val = lambda: ({"x": x[22 + k:25 + k], "y": y[22 + k:25 + k], "i": torch.arange(22 + k, 25 + k)[:7 - k]}  # noqa: E731
                    for k in (0, 3, 6))  # 7 cases in batches of 3, 3, 1
 
-    def stop(epoch, record):
-        if epoch == stop_after:
-            raise Stop
+    def batches(epoch):
+        for step, batch in enumerate(one_stream(stream, 3, epoch)):
+            if (epoch, step) == stop_at:
+                raise Stop
+            yield batch
 
     model = net()
-    trainer = Trainer(folder, epochs, "cpu", seed=3, scheduler="none", callbacks=[stop])
-    result = trainer.fit(Classify(model), lambda e: one_stream(stream, 3, e), val, steps_per_epoch=stream.steps())
+    trainer = Trainer(folder, epochs, "cpu", seed=3, scheduler="none", checkpoint_every=2)
+    result = trainer.fit(Classify(model), batches, val, steps_per_epoch=stream.steps())
     return model, result
 
 
@@ -108,9 +111,9 @@ def spawn(job, *args, size=2) -> list[int]:
     return [p.exitcode for p in procs]
 
 
-def train_and_save(folder, epochs, stop_after):
+def train_and_save(folder, epochs, stop_at):
     try:
-        model, result = fit(folder, epochs, stop_after)
+        model, result = fit(folder, epochs, stop_at)
     except Stop:
         return
     torch.save({"state": model.state_dict(), "history": result.history, "world": world()},
@@ -139,12 +142,17 @@ def test_two_processes_train_the_weights_of_one_with_the_whole_batch(tmp_path):
 
 
 def test_a_run_cut_with_two_processes_resumes_with_one(tmp_path):
-    one, _ = fit(tmp_path / "one", epochs=2)
-    assert spawn(train_and_save, tmp_path / "cut", 2, 1) == [0, 0]
-    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "result1.pt").exists()
+    """Cut within epoch 2 after its second step's checkpoint: one process takes the run up there."""
+    one, single = fit(tmp_path / "one", epochs=2)
+    assert spawn(train_and_save, tmp_path / "cut", 2, (2, 3)) == [0, 0]
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["loop"]
+    assert saved["in_epoch"]["done"] == 2 and len(saved["in_epoch"]["rng"]) == 2  # each process's generator
+    assert not (tmp_path / "cut" / "result0.pt").exists()
     resumed, result = fit(tmp_path / "cut", epochs=2)
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert close(resumed.state_dict(), one.state_dict())
+    for mine, theirs in zip(result.history, single.history):  # the cut epoch's mean loss included
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
 
 
 def test_shard_splits_every_tensor_and_reports_the_share():

@@ -169,7 +169,12 @@ def broadcast_state(module: nn.Module, w: World | None = None) -> None:
         return
     with torch.no_grad():
         for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
+            if tensor.is_contiguous():
+                dist.broadcast(tensor, src=0)
+            else:  # channels-last weights on a GPU
+                dense = tensor.contiguous()
+                dist.broadcast(dense, src=0)
+                tensor.copy_(dense)
 
 
 # -- gradients ----------------------------------------------------------------------------------
