@@ -75,6 +75,8 @@ def test_two_processes_train_the_run_of_one(runs):
     record = json.loads((root / "two" / "run.json").read_text())
     assert record["world_size"] == 2 and json.loads((root / "one" / "run.json").read_text())["world_size"] == 1
     assert "world_size: 2" in two.stderr
+    assert cli("report", root / "two", "--out", root / "two" / "report.md") == 0
+    assert " on cpu x 2 processes" in (root / "two" / "report.md").read_text()
     assert sorted(p.name for p in root.iterdir()) == ["images", "one", "two"]  # rank 1 wrote nothing here
 
 
