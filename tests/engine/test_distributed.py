@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -98,6 +99,9 @@ def _process(rank, size, port, job, args):
     start("cpu")
     job(*args)
     stop()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as python -m medsight does after leaving the group (gloo's threads can abort the shutdown)
 
 
 def spawn(job, *args, size=2) -> list[int]:
@@ -107,7 +111,11 @@ def spawn(job, *args, size=2) -> list[int]:
     for p in procs:
         p.start()
     for p in procs:
-        p.join(180)
+        p.join(300)
+    for p in procs:
+        if p.is_alive():  # stuck: fail the test rather than hang the suite
+            p.kill()
+            p.join()
     return [p.exitcode for p in procs]
 
 

@@ -93,6 +93,11 @@ def stop(success: bool = True) -> None:
         dist.barrier()
     dist.destroy_process_group()
     _world = World()
+    global left_group
+    left_group = True
+
+
+left_group = False  # whether this process was one of several (see medsight.__main__)
 
 
 # -- batches ------------------------------------------------------------------------------------
