@@ -82,12 +82,19 @@ def cli():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=0.001.")
 def train(config, data, out, device, seed, epochs, overrides):
     """Train the recipe of CONFIG; resumes an unfinished run in --out, refuses a finished one."""
+    import tempfile
+
     from medsight.io import check_writable
     from medsight.recipes import load_config, recipe_for
     from medsight.rundir import RunDir
 
     cfg = load_config(config, overrides, epochs=epochs, data=data, seed=seed)
+    w = _start_processes(device)
     run_dir = out or _default_run_dir(config)
+    if not w.is_main:  # rank 0 alone writes the run; the others train into a scratch folder
+        with tempfile.TemporaryDirectory(prefix=f"medsight-rank{w.rank}-") as scratch:
+            recipe_for(cfg, Console(quiet=True)).train(RunDir(Path(scratch) / "run"), device=device)
+        return
     check_writable(run_dir)
     run = RunDir(run_dir)
     new = not run_dir.exists()
@@ -99,6 +106,16 @@ def train(config, data, out, device, seed, epochs, overrides):
                 run.discard_attempt()
             raise
     console.print(f"run directory: {run_dir}")
+
+
+def _start_processes(device: str):
+    """Join torchrun's processes, when it started this one (see README: More than one GPU or machine)."""
+    from medsight.engine.distributed import start
+
+    w = start(device)
+    if w.size > 1 and w.is_main:
+        console.print(f"world_size: {w.size} (torchrun processes, each with its share of every batch)")
+    return w
 
 
 @cli.command()
@@ -113,15 +130,18 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
     from medsight.io import check_writable, refuse_existing_output
     from medsight.recipes import load_recipe
-    from medsight.recipes.common import write_predictions
+    from medsight.recipes.common import predict_shared, write_predictions
 
     refuse_existing_output(out)
     check_writable(out)
-    recipe = load_recipe(run_dir, device, console)
+    w = _start_processes(device)
+    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt)
-    preds = recipe.predict(dataset)
+    preds = predict_shared(recipe, dataset)
+    if not w.is_main:  # rank 0 writes what all the processes predicted
+        return
     _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
@@ -145,16 +165,20 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     from medsight.io import check_writable, jsonable, save_json
     from medsight.report import format_table
     from medsight.recipes import load_recipe
+    from medsight.recipes.common import predict_shared
     from medsight.rundir import RunDir
 
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
-    recipe = load_recipe(run_dir, device, console)
+    w = _start_processes(device)
+    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     check_writable(out or run_dir)  # before the work, not after it
     run = RunDir(run_dir)
     dataset = _restrict(_open_input(inputs, fmt), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
-    preds = recipe.predict(dataset, need_masks=recipe.needs_masks)
+    preds = predict_shared(recipe, dataset, need_masks=recipe.needs_masks)
+    if not w.is_main:  # rank 0 writes what all the processes predicted
+        return
     _warn_if_unlike_training(recipe.record_, preds)
     _report_rejected(preds.rejected)
     if not preds.loaded.ids:
@@ -335,6 +359,13 @@ def models_cmd():
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    if "medsight.engine.distributed" in sys.modules:  # leave torchrun's process group, if this process joined one
+        sys.modules["medsight.engine.distributed"].stop(success=code == 0)
+    return code
+
+
+def _main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="medsight", standalone_mode=False)
     except MedsightError as exc:

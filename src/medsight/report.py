@@ -157,4 +157,5 @@ def _describe(record) -> str:
                        for name, st in record.stages.items() if st.best_epoch)
     return (f"{record.recipe} recipe on {data.format} ({data.root}): {data.train} training / {data.val} validation "
             f"cases; task {task.name if task else None} ({', '.join(task.classes) if task else ''}); "
-            + (f"{stages}; " if stages else "") + f"{record.train_seconds} s on {record.device}")
+            + (f"{stages}; " if stages else "") + f"{record.train_seconds} s on {record.device}"
+            + (f" x {record.world_size} processes" if record.world_size > 1 else ""))

@@ -107,6 +107,7 @@ class RunRecord:
     finished: bool = False
     train_seconds: float | None = None
     device: str | None = None
+    world_size: int = 1  # the processes that trained it (torchrun), each on its share of every batch
     medsight_version: str = medsight.__version__
     version: int = LAYOUT_VERSION
 
@@ -138,7 +139,7 @@ class RunRecord:
                 stages={name: StageRecord(**stage) for name, stage in raw.get("stages", {}).items()},
                 thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
                 finished=bool(raw.get("finished")), train_seconds=raw.get("train_seconds"),
-                device=raw.get("device"), medsight_version=raw.get("medsight_version", "unknown"),
+                device=raw.get("device"), world_size=int(raw.get("world_size", 1)), medsight_version=raw.get("medsight_version", "unknown"),
                 version=int(raw["version"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(source, f"not a medsight run record ({type(exc).__name__}: {exc})") from None

@@ -347,3 +347,25 @@ def test_an_empty_unlabelled_stream_reduces_to_the_supervised_loop(tmp_path):
     # and the unlabelled data does change the result when there is some
     with_ulb, _ = fit_two_streams(tmp_path / "with", checkpoint_every=0)
     assert not same_weights(with_ulb.models["student"], step.models["student"])
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_few_steps(tmp_path):
+    """A log file or a pipe gets a line every tenth of an epoch (6 steps: every step but the last,
+    which the epoch's own line follows); nothing is drawn for a terminal there."""
+    import io
+
+    from rich.console import Console
+
+    torch.manual_seed(0)
+    log = io.StringIO()
+    train_batches, val_batches = make_problem()
+    trainer = Trainer(tmp_path, 1, "cpu", console=Console(file=log, width=200))
+    trainer.fit(Regression(net()), train_batches, val_batches, steps_per_epoch=6)
+    lines = log.getvalue().splitlines()
+    steps = [line for line in lines if line.startswith("epoch 1/1: step")]
+    assert [line.split()[3] for line in steps] == ["1/6", "2/6", "3/6", "4/6", "5/6"]
+    assert all(" loss " in line for line in steps) and lines[-1].startswith("epoch   1/1")
+    log = io.StringIO()
+    Trainer(tmp_path / "b", 1, "cpu", console=Console(file=log), progress_every=4).fit(
+        Regression(net()), train_batches, val_batches)  # unknown epoch length
+    assert [line.split()[3] for line in log.getvalue().splitlines() if ": step" in line] == ["4"]

@@ -1,5 +1,6 @@
-"""The training engine: one loop for every method, the batch streams it draws from, and the
-pieces semi-supervised methods add (EMA copies of a model, loss-weight schedules)."""
+"""The training engine: one loop for every method, the batch streams it draws from, the pieces
+semi-supervised methods add (EMA copies of a model, loss-weight schedules), and the processes
+torchrun starts (:mod:`medsight.engine.distributed`)."""
 
 from medsight.engine.device import autocast, select_device, to_channels_last
 from medsight.engine.ema import EMA

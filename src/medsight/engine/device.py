@@ -6,16 +6,21 @@ from contextlib import nullcontext
 
 import torch
 
+from medsight.engine.distributed import world
 from medsight.errors import MedsightError
 
 
 def select_device(name: str = "auto") -> torch.device:
+    """``cpu`` or ``cuda`` (``auto``: cuda when there is one); among torchrun's processes, the GPU
+    of this process's local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise MedsightError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     if name not in ("cpu", "cuda"):
         raise MedsightError(f"--device {name}: expected auto, cpu or cuda")
+    if name == "cuda" and world().size > 1:
+        return torch.device("cuda", world().local_rank)
     return torch.device(name)
 
 

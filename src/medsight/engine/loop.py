@@ -7,6 +7,11 @@ validation is scored. The loop owns the device and bf16 autocast, the seeding of
 progress, validation after each epoch, the best epoch's weights (``<model>.safetensors`` for every
 model), early stopping, and atomic checkpoints from which an interrupted run resumes to
 bit-identical weights: after every epoch, and every ``checkpoint_every`` steps within one.
+
+Started by torchrun, each process trains on its share of every batch and the loop keeps the
+processes one model (:mod:`medsight.engine.distributed`): gradients summed after each backward
+pass, BatchNorm over the global batch, validation shared round-robin and gathered, every decision
+(best epoch, early stop) taken alike everywhere from the same numbers; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from medsight.engine.checkpoint import CHECKPOINT, load_state, load_weights, save_state, save_weights
 from medsight.engine.device import autocast, select_device, to_channels_last
+from medsight.engine.distributed import (World, broadcast_object, broadcast_state, gather_in_order, gather_objects,
+                                         my_turns, plain_batchnorm, shard, sum_gradients, sync_batchnorm, world)
 from medsight.engine.schedules import lr_scheduler
 from medsight.engine.streams import LOOP, epoch_seed, skip
 from medsight.errors import MedsightError
@@ -60,9 +66,13 @@ class StepContext:
     epoch: int
     step: int  # optimisation steps taken before this one in the whole run (loss-weight schedules run on it)
     optimizers: dict[str, torch.optim.Optimizer]
+    share: float = 1.0  # this process's fraction of the batch's cases (1 alone)
+    world: World = World()
 
     def update(self, loss: torch.Tensor, *names: str) -> None:
-        """Back-propagate ``loss`` and step the named optimisers (all of them when none is named)."""
+        """Back-propagate ``loss`` and step the named optimisers (all of them when none is named).
+        With several processes each scales its loss (a mean over its cases) by its share and the
+        gradients are summed: the gradient of the mean over the whole batch."""
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {self.epoch}; "
                                      "lower train.lr or check the input data")
@@ -70,7 +80,9 @@ class StepContext:
         for optimizer in chosen:
             optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=False):  # backward runs outside autocast
-            loss.backward()
+            (loss * self.share if self.world.size > 1 else loss).backward()
+        if self.world.size > 1:
+            sum_gradients((p for o in chosen for g in o.param_groups for p in g["params"]), self.world)
         for optimizer in chosen:
             optimizer.step()
 
@@ -93,7 +105,8 @@ class Trainer:
     def __init__(self, folder: str | Path, epochs: int, device: torch.device | str = "auto", seed: int = 0,
                  scheduler: str = "cosine", step_lr: tuple[int, float] = (30, 0.5), monitor: str | None = None,
                  mode: str | None = None, patience: int | None = None, checkpoint_every: int = 0,
-                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None):
+                 callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None,
+                 progress_every: int | None = None):
         self.folder = Path(folder)
         self.epochs = epochs
         self.device = device if isinstance(device, torch.device) else select_device(device)
@@ -103,6 +116,8 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.callbacks = list(callbacks)
         self.console = console or Console(stderr=True)
+        self.progress_every = progress_every  # a plain progress line every N steps off a terminal (None: 10 an epoch)
+        self.world = world()
 
     def _better(self, record: dict, state: dict) -> bool:
         """Whether this epoch beats the best so far. Ties on the monitored metric (common with a
@@ -120,19 +135,25 @@ class Trainer:
             steps_per_epoch: int | None = None) -> FitResult:
         self.monitor = self.monitor or step.monitor
         self.mode = self.mode or step.monitor_mode
+        w = self.world = world()
         for model in step.models.values():
             model.to(self.device)
             if self.device.type == "cuda":  # tensor-core friendly layout for convolutions under bf16
                 to_channels_last(model)
+            if w.size > 1:
+                sync_batchnorm(model, self.device)
+                broadcast_state(model, w)  # one model, whatever each process initialised
         optimizers = step.optimizers()
         schedulers = {name: lr_scheduler(opt, self.scheduler, self.epochs, *self.step_lr)
                       for name, opt in optimizers.items()}
         state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
                  "finished": False, "in_epoch": None}
         checkpoint = self.folder / CHECKPOINT
-        if checkpoint.exists():
-            state = self._resume(checkpoint, step, optimizers, schedulers)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        saved = broadcast_object(load_state(checkpoint) if w.is_main and checkpoint.exists() else None, w)
+        if saved is not None:
+            state = self._resume(saved, checkpoint, step, optimizers, schedulers)
+        if w.is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
         save = lambda: self._save(checkpoint, step, optimizers, schedulers, state)  # noqa: E731
 
         for epoch in range(state["epoch"] + 1, self.epochs + 1):
@@ -140,8 +161,8 @@ class Trainer:
                 break
             start = time.perf_counter()
             lr = next(iter(optimizers.values())).param_groups[0]["lr"]  # the rate this epoch trains with
-            if state["in_epoch"] is None:
-                torch.manual_seed(epoch_seed(self.seed, epoch, LOOP))
+            if state["in_epoch"] is None:  # each process its own dropout draws
+                torch.manual_seed(epoch_seed(self.seed, epoch, LOOP, rank=w.rank))
             logs = self._train_epoch(step, optimizers, train_batches(epoch), epoch, steps_per_epoch, state, save)
             for scheduler in schedulers.values():
                 scheduler.step()
@@ -155,53 +176,71 @@ class Trainer:
             self._report(record, state)
             for callback in self.callbacks:
                 callback(epoch, record)
-            if stop:
+            if stop and w.is_main:
                 self.console.print(f"early stop: no better {self.monitor} for {self.patience} epochs")
         for name, model in step.models.items():
-            model.load_state_dict(load_weights(self.folder / f"{name}.safetensors"))
-        checkpoint.unlink(missing_ok=True)  # the best weights are kept; the resume state is not needed
+            if w.is_main:
+                model.load_state_dict(load_weights(self.folder / f"{name}.safetensors"))
+            if w.size > 1:
+                broadcast_state(model, w)
+                plain_batchnorm(model)
+        if w.is_main:
+            checkpoint.unlink(missing_ok=True)  # the best weights are kept; the resume state is not needed
         return FitResult(state["history"], state["best_epoch"], state["epoch"], self.monitor)
 
     def _train_epoch(self, step, optimizers, batches, epoch, total, state, save) -> dict[str, float]:
-        """Mean of each logged number over the epoch's steps. A checkpoint taken within the epoch
-        holds how many steps were done, their logs and torch's generator; resuming skips the
-        batches already drawn and restores the generator, so the epoch ends as if never cut."""
+        """Mean of each logged number over the epoch's steps (with several processes, of the whole
+        batches: each process adds its numbers weighted by its share). A checkpoint taken within
+        the epoch holds how many steps were done, the sums of their logs and every process's torch
+        generator; resuming skips the batches already drawn and restores the generator, so the
+        epoch ends as if never cut."""
+        w = self.world
         for model in step.models.values():
             model.train()
-        done, logs = 0, {}
+        done, sums = 0, {}
         if state["in_epoch"] is not None:  # resuming within this epoch
-            done, logs = state["in_epoch"]["done"], state["in_epoch"]["logs"]
+            done, sums = state["in_epoch"]["done"], _sums(state["in_epoch"]["logs"]) if w.is_main else {}
             batches = skip(iter(batches), done)
-            torch.set_rng_state(state["in_epoch"]["rng"])
-            if "cuda_rng" in state["in_epoch"]:
-                torch.cuda.set_rng_state(state["in_epoch"]["cuda_rng"], self.device)
+            _restore_rng(state["in_epoch"], self.device, w, epoch_seed(self.seed, epoch, LOOP, done, w.rank))
+        started, every = time.perf_counter(), self.progress_every or max(1, math.ceil((total or 100) / 10))
         with self._progress() as progress:
             task = progress.add_task(f"epoch {epoch}/{self.epochs}", total=total, completed=done)
             for batch in batches:
-                ctx = StepContext(self.device, epoch, state["step"], optimizers)
+                part, share = shard(batch, w)
+                ctx = StepContext(self.device, epoch, state["step"], optimizers, share, w)
                 with autocast(self.device):
-                    out = step.train_step(batch, ctx)
-                for key, value in out.items():
-                    logs.setdefault(key, []).append(float(value.item() if torch.is_tensor(value) else value))
+                    out = step.train_step(part, ctx)
+                values = {k: float(v.item() if torch.is_tensor(v) else v) for k, v in out.items()}
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + share * value
                 state["step"] += 1
                 done += 1
-                shown = f" loss {logs['loss'][-1]:.4f}" if "loss" in logs else ""
+                shown = f" loss {values['loss']:.4f}" if "loss" in values else ""
                 progress.update(task, advance=1, description=f"epoch {epoch}/{self.epochs}{shown}")
+                if not self.console.is_terminal and w.is_main and done % every == 0 and done != total:
+                    of = f"/{total}" if total else ""
+                    self.console.print(f"epoch {epoch}/{self.epochs}: step {done}{of}{shown}  "
+                                       f"{time.perf_counter() - started:.1f}s", highlight=False)
                 if self.checkpoint_every and done % self.checkpoint_every == 0 and done != total:
-                    state["in_epoch"] = {"done": done, "logs": logs, "rng": torch.get_rng_state()}
+                    rng = gather_objects(torch.get_rng_state(), w)
+                    state["in_epoch"] = {"done": done, "logs": _total(sums, w), "rng": rng}
                     if self.device.type == "cuda":
-                        state["in_epoch"]["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+                        state["in_epoch"]["cuda_rng"] = gather_objects(torch.cuda.get_rng_state(self.device), w)
                     save()
-        return {key: float(np.mean(values)) for key, values in logs.items()} or {"loss": float("nan")}
+        totals = _total(sums, w)
+        return {key: value / done for key, value in totals.items()} if done else {"loss": float("nan")}
 
     @torch.no_grad()
     def _validate(self, step, batches) -> dict[str, float]:
+        """The step's metrics over every validation batch; with several processes each scores
+        every n-th batch and the outputs are gathered back in order, so each case counts once."""
         for model in step.models.values():
             model.eval()
         outputs = []
-        for batch in batches:
+        for batch in my_turns(batches, self.world):
             with autocast(self.device):
                 outputs.append(step.validation_step(batch, self.device))
+        outputs = gather_in_order(outputs, self.world)
         return {k: float(v) for k, v in step.validation_metrics(outputs).items()}
 
     def _keep_best(self, step, record: dict, metrics: dict, state: dict) -> None:
@@ -216,23 +255,28 @@ class Trainer:
         elif state["best_value"] is None:  # the metric is undefined so far (e.g. one class in validation):
             state.update(best_epoch=epoch)  # keep the latest weights until it is defined
             self._save_weights(step)
-            self.console.print(f"[yellow]validation {self.monitor} is undefined at epoch {epoch}; "
-                               "keeping the latest weights (is the validation set too small?)[/yellow]")
+            if self.world.is_main:
+                self.console.print(f"[yellow]validation {self.monitor} is undefined at epoch {epoch}; "
+                                   "keeping the latest weights (is the validation set too small?)[/yellow]")
         else:
             state["bad_epochs"] += 1
 
     def _save_weights(self, step) -> None:
+        if not self.world.is_main:
+            return
         for name, model in step.models.items():
             save_weights(model.state_dict(), self.folder / f"{name}.safetensors")
 
     def _save(self, path, step, optimizers, schedulers, state) -> None:
+        if not self.world.is_main:
+            return
         save_state({"models": {n: m.state_dict() for n, m in step.models.items()},
                     "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                     "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
                     "loop": state}, path)
 
-    def _resume(self, path, step, optimizers, schedulers) -> dict:
-        saved = load_state(path)
+    def _resume(self, saved, path, step, optimizers, schedulers) -> dict:
+        """Every process takes up rank 0's checkpoint, whatever the number of processes that wrote it."""
         if set(saved.get("models", {})) != set(step.models) or set(saved.get("optimizers", {})) != set(optimizers):
             raise MedsightError(f"{path}: the checkpoint holds other models or optimisers than this stage "
                                 "trains; delete it to start the stage again")
@@ -244,14 +288,18 @@ class Trainer:
         state = saved["loop"]
         where = f"after epoch {state['epoch']}" if state["in_epoch"] is None else \
             f"in epoch {state['epoch'] + 1} after step {state['in_epoch']['done']}"
-        self.console.print(f"resuming {self.folder} {where}")
+        if self.world.is_main:
+            self.console.print(f"resuming {self.folder} {where}")
         return state
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=self.console, transient=True, disable=not self.console.is_terminal)
+                        console=self.console, transient=True,
+                        disable=not (self.console.is_terminal and self.world.is_main))
 
     def _report(self, record: dict, state: dict) -> None:
+        if not self.world.is_main:
+            return
         keys = dict.fromkeys(["loss", "val_loss", self.monitor, *SHOWN])
         shown = "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
         best = state["best_value"]
@@ -260,3 +308,31 @@ class Trainer:
                            f"(best {self.monitor} {best_txt} @ {state['best_epoch']})  {record['seconds']:.1f}s",
                            highlight=False)
         sys.stderr.flush()
+
+
+def _sums(logs: dict) -> dict[str, float]:
+    """A checkpoint's logs as sums (checkpoints of medsight before torchrun held each step's values)."""
+    return {k: float(sum(v)) if isinstance(v, list) else float(v) for k, v in logs.items()}
+
+
+def _total(sums: dict[str, float], w: World) -> dict[str, float]:
+    """The sums of every process added up (each process's numbers already weighted by its share)."""
+    totals: dict[str, float] = {}
+    for part in gather_objects(sums, w):
+        for key, value in part.items():
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def _restore_rng(in_epoch: dict, device: torch.device, w: World, fresh_seed: int) -> None:
+    """Each process's torch generator as the checkpoint saved it; a process the checkpoint did not
+    have (the run resumed with more processes) starts a generator of its own."""
+    rng = in_epoch["rng"] if isinstance(in_epoch["rng"], list) else [in_epoch["rng"]]
+    if w.rank < len(rng):
+        torch.set_rng_state(rng[w.rank])
+    else:
+        torch.manual_seed(fresh_seed)
+    if "cuda_rng" in in_epoch:
+        cuda = in_epoch["cuda_rng"] if isinstance(in_epoch["cuda_rng"], list) else [in_epoch["cuda_rng"]]
+        if w.rank < len(cuda):
+            torch.cuda.set_rng_state(cuda[w.rank], device)

@@ -23,9 +23,10 @@ import torch
 LABELLED, LOOP, UNLABELLED = 0, 1, 2  # seed streams: labelled data, the loop's global RNG, unlabelled data
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = LABELLED, cycle: int = 0) -> int:
-    """A seed for one stream's randomness in one epoch (``cycle``: its restarts within the epoch)."""
-    key = [seed, epoch, stream] + ([cycle] if cycle else [])
+def epoch_seed(seed: int, epoch: int, stream: int = LABELLED, cycle: int = 0, rank: int = 0) -> int:
+    """A seed for one stream's randomness in one epoch (``cycle``: its restarts within the epoch;
+    ``rank``: the process, where each of several draws its own, as the loop's dropout)."""
+    key = [seed, epoch, stream] + ([cycle] if cycle or rank else []) + ([rank] if rank else [])
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 

@@ -18,10 +18,12 @@ from medsight.config import RecipeConfig
 from medsight.data import GENERATED, open_dataset
 from medsight.data.base import Dataset, Sample, Task
 from medsight.data.splits import split_samples
+from medsight.engine.distributed import broadcast_object, gather_objects, world
 from medsight.errors import InputError, MedsightError
 from medsight.io import write_csv, write_new_folder
 from medsight.recipes.familiar import profile
-from medsight.recipes.prepare import Loaded, channel_stats, load_samples
+from medsight.recipes.interface import Predictions
+from medsight.recipes.prepare import Loaded, channel_stats, load_samples, subset
 from medsight.rundir import DataInfo, InputInfo, RunDir, RunRecord
 from medsight.transforms.preprocess import make_preprocess
 
@@ -117,6 +119,7 @@ def start_run(run: RunDir, cfg: RecipeConfig, recipe: str, data: TrainingData, r
         record = RunRecord(recipe=recipe, task=data.task, input=data.input,
                            data=DataInfo(dataset.name, str(dataset.root), len(data.train.ids), len(data.val.ids),
                                          len(split["heldout"])))
+    record = broadcast_object(record)  # among torchrun's processes, rank 0's run (the others write nowhere)
     held = len(data.split["heldout"])
     console.print(f"{recipe} recipe: {len(data.train.ids)} training, {len(data.val.ids)} validation cases"
                   + (f", {held} held out" if held else ""))
@@ -132,7 +135,7 @@ def finish_run(run: RunDir, record: RunRecord, validation: Mapping[str, float], 
     chosen on the validation cases, for the recipes that have them)."""
     run.write_metrics(validation, best_epoch)
     record = dataclasses.replace(record, finished=True, train_seconds=round(seconds, 1), device=str(device),
-                                 thresholds=dict(thresholds))
+                                 thresholds=dict(thresholds), world_size=world().size)
     run.write_record(record)
     console.print(f"done: run in {run}" if best_epoch is None else f"done: best epoch {best_epoch}, run in {run}")
     return record
@@ -158,3 +161,31 @@ def write_predictions(out_dir: Path, rows: list[dict], write_files: Callable[[Pa
         write_files(folder)
 
     return write_new_folder(Path(out_dir), fill)
+
+
+def predict_shared(recipe, dataset: Dataset, need_masks: bool = False) -> Predictions:
+    """``recipe.predict`` of every case of ``dataset``; among torchrun's processes each predicts
+    every n-th case and all of them get every prediction back, in the input's order."""
+    w = world()
+    if w.size == 1:
+        return recipe.predict(dataset, need_masks=need_masks)
+    mine = dataclasses.replace(dataset, samples=dataset.samples[w.rank::w.size])
+    preds = recipe.predict(mine, need_masks=need_masks)
+    rejected = [(r.path, r.problem) if isinstance(r, InputError) else (None, str(r)) for r in preds.rejected]
+    parts = gather_objects((preds.loaded, preds.outputs, rejected), w)
+    order = {s.id: i for i, s in enumerate(dataset.samples)}
+    loaded = [p[0] for p in parts if p[0].ids]
+    if not loaded:
+        return Predictions(parts[0][0], parts[0][1], _rejections(parts), dataset)
+    merged = Loaded(ids=[c for part in loaded for c in part.ids],
+                    images=torch.cat([part.images for part in loaded]),
+                    masks=None if loaded[0].masks is None else torch.cat([part.masks for part in loaded]),
+                    labels=None if loaded[0].labels is None else torch.cat([part.labels for part in loaded]),
+                    original_sizes=[size for part in loaded for size in part.original_sizes])
+    outputs = torch.cat([p[1] for p in parts if p[0].ids])
+    index = sorted(range(len(merged.ids)), key=lambda i: order[merged.ids[i]])
+    return Predictions(subset(merged, index), outputs[index], _rejections(parts), dataset)
+
+
+def _rejections(parts) -> list[InputError]:
+    return [InputError(path, problem) for part in parts for path, problem in part[2]]

@@ -16,6 +16,7 @@ from rich.console import Console
 from medsight.config import NetworkConfig, TrainConfig
 from medsight.engine import Step, Stream, Trainer, one_stream, two_stream_steps, two_streams
 from medsight.engine.checkpoint import load_weights, save_weights
+from medsight.engine.distributed import broadcast_state, world
 from medsight.engine.streams import batch_indices
 from medsight.errors import ConfigError, InputError
 from medsight.io import write_csv
@@ -83,10 +84,13 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
     When an earlier attempt finished this stage, its best weights are read back instead.
     Returns the record with the stage finished (also written to the run directory)."""
     stage_dir = run.stage_dir(folder)
+    main = world().is_main  # among torchrun's processes, rank 0 reads and writes the run directory
     if record.stage(stage).finished:
         for name, model in step.models.items():
-            model.load_state_dict(load_weights(stage_dir / f"{name}.safetensors"))
+            if main:
+                model.load_state_dict(load_weights(stage_dir / f"{name}.safetensors"))
             model.to(device)
+            broadcast_state(model)
         return record
     t, es = cfg.train, cfg.train.early_stopping
     trainer = Trainer(stage_dir, t.epochs, device, cfg.seed, scheduler=t.scheduler, step_lr=(t.step_every, t.step_gamma),
@@ -101,7 +105,7 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
         batches = lambda epoch: two_streams(labelled, unlabelled, cfg.seed, epoch, epoch_length)  # noqa: E731
         steps = two_stream_steps(labelled, unlabelled, epoch_length)
     fit = trainer.fit(step, batches, lambda: eval_batches(val, record.input, t.batch_size), steps_per_epoch=steps)
-    if fit.history:
+    if fit.history and main:
         from medsight.figures import plot_history
 
         write_csv(stage_dir / "history.csv", fit.history)
