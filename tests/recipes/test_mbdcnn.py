@@ -128,9 +128,18 @@ def test_mbdcnn_trains_resumes_predicts_and_evaluates(synth, tmp_path, capsys):
 def test_coarse_sn_transferred_to_images_without_masks(synth, tmp_path):
     """The ISIC setting: no masks, coarse-SN from another run, mask-CN trained, no enhanced-SN."""
     source = tmp_path / "source"
-    RECIPES["mbdcnn"](tiny(synth, enhanced={"enabled": False})).train(RunDir(source), device="cpu")
+    made = RECIPES["mbdcnn"](tiny(synth, enhanced={"enabled": False}, data={"mask_fraction": 0.5})).train(
+        RunDir(source), device="cpu")
+    split = json.loads((source / "split.json").read_text())
+    assert made.stage("coarse").fitted["pixel_labelled"] == {  # coarse-SN saw half the masks
+        "train": round(len(split["train"]) / 2), "val": max(1, round(len(split["val"]) / 2))}
     bare = tmp_path / "bare"
-    shutil.copytree(synth, bare, ignore=shutil.ignore_patterns("masks"))
+    shutil.copytree(synth, bare, ignore=shutil.ignore_patterns("masks", "labels.csv"))
+    with open(synth / "labels.csv") as src, open(bare / "labels.csv", "w", newline="") as dst:
+        rows = list(csv.DictReader(src))
+        writer = csv.DictWriter(dst, fieldnames=["id", "label", "image"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
     refused = tmp_path / "refused"
     with pytest.raises(Exception, match="coarse-SN needs training and validation cases with masks"):
