@@ -59,6 +59,8 @@ def test_the_shipped_configs_and_the_stage_sections():
         parse_config({**TINY, "coarse": {"train": {"learning_rate": 5}}})
     with pytest.raises(ConfigError, match="predict.tta"):
         parse_config({**TINY, "predict": {"tta": True}})
+    with pytest.raises(ConfigError, match="predict.scales: give one or more positive"):
+        parse_config({**TINY, "predict": {"scales": [1.0, 0]}})
     with pytest.raises(ConfigError, match="mask_fraction"):
         parse_config({**TINY, "data": {"mask_fraction": 1.5}})
 

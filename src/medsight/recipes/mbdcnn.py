@@ -79,6 +79,13 @@ class MBDCNNPredict(PredictConfig):
     views: Literal[1, 6] = 6  # segmentation: identity, 3 quarter turns, 2 flips
     scales: list[float] = Field(default_factory=lambda: [1.0, 256 / 224, 288 / 224])  # enhanced-SN's
 
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, scales: list[float]) -> list[float]:
+        if not scales or min(scales) <= 0:
+            raise ValueError("give one or more positive factors (1.0: the network's input size)")
+        return scales
+
     @field_validator("tta")
     @classmethod
     def _no_flip_tta(cls, tta: bool) -> bool:
