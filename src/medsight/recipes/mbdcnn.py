@@ -60,7 +60,8 @@ from medsight.recipes.common import finish_run, label_stratum, labelled_cases, l
 from medsight.recipes.interface import CAM_METHODS, Predictions
 from medsight.recipes.mbdcnn_parts import (SEG_METRICS, SegmentationStep, localisation_maps, segmentation_loss,
                                            segmentation_tta, stage_batches, stage_stream)
-from medsight.recipes.mbdcnn_sources import coarse_source, kept_masks, pixel_labelled, predict_batches, read_coarse
+from medsight.recipes.mbdcnn_sources import (coarse_input, coarse_source, kept_masks, pixel_labelled, predict_batches,
+                                             read_coarse, renormalise)
 from medsight.recipes.network import class_weights, crop_average, fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded
 from medsight.rundir import InputInfo, RunDir, RunRecord
@@ -192,7 +193,7 @@ class MBDCNN:
 
     def coarse_probs(self, x: torch.Tensor) -> torch.Tensor:
         """coarse-SN's foreground probabilities of a batch normalised as this run's inputs."""
-        x = _renormalise(x, self.record_.input, self.coarse_input_)
+        x = renormalise(x, self.record_.input, self.coarse_input_)
         return segmentation_tta(x, lambda t: torch.sigmoid(self.coarse_(t).float()), self.cfg.predict.views)
 
     @torch.no_grad()
@@ -254,7 +255,7 @@ class MBDCNN:
             _load_local(self.coarse_.encoder, cfg.coarse.pretrained, self.console)
             step = SegmentationStep(self.coarse_, self.loss, cfg.predict.threshold, optimizer("coarse"))
             record = self.fit(run, record, "coarse", step, seg_train, seg_val, {"train": None, "val": None}, callbacks)
-        self.record_, self.coarse_input_ = record, _coarse_input(record)
+        self.record_, self.coarse_input_ = record, coarse_input(record)
         coarse = {"train": self.coarse_masks(data.train), "val": self.coarse_masks(data.val)}
 
         # 2. mask-CN on every labelled case, the coarse mask as its 4th channel
@@ -294,7 +295,7 @@ class MBDCNN:
         info, classes = record.input, len(record.task.classes)
         self.coarse_ = restore_network(self.build("coarse", info, 1), run.stage_dir("coarse") / "model.safetensors",
                                        self.device_)
-        self.coarse_input_ = _coarse_input(record)
+        self.coarse_input_ = coarse_input(record)
         self.maskcn_ = restore_network(self.build("maskcn", info, classes),
                                        run.stage_dir("maskcn") / "model.safetensors", self.device_)
         self.enhanced_ = None
@@ -389,22 +390,6 @@ def _load_local(model: torch.nn.Module, path: str | None, console: Console) -> N
         from medsight.models.pretrained import load_pretrained
 
         console.print(f"weights from {path}: {load_pretrained(model, path)}")
-
-
-def _coarse_input(record: RunRecord) -> InputInfo:
-    """The normalisation coarse-SN was trained with (another run's, when it was read from one)."""
-    fitted = record.stage("coarse").fitted
-    if "mean" not in fitted:
-        return record.input
-    return dataclasses.replace(record.input, mean=tuple(fitted["mean"]), std=tuple(fitted["std"]))
-
-
-def _renormalise(x: torch.Tensor, have: InputInfo, want: InputInfo) -> torch.Tensor:
-    if have.mean == want.mean and have.std == want.std:
-        return x
-    shape = (1, -1, 1, 1)
-    t = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device).view(shape)  # noqa: E731
-    return (x * t(have.std) + t(have.mean) - t(want.mean)) / t(want.std)
 
 
 def _normalised(loaded: Loaded, i: int, info: InputInfo) -> torch.Tensor:

@@ -5,11 +5,13 @@
 - :func:`coarse_source`: coarse-SN read from a finished run (an mbdcnn run's ``coarse/`` or a
   segmentation run's network) or a weights file instead of trained; the weights are copied into
   the run and the source, with the normalisation its network was trained with, recorded in the
-  stage's ``fitted`` (``source``, ``mean``, ``std``).
+  stage's ``fitted`` (``source``, ``mean``, ``std``); :func:`coarse_input` and :func:`renormalise`
+  feed it images normalised as it was trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -96,6 +98,23 @@ def coarse_source(run: RunDir, record: RunRecord, model: torch.nn.Module, source
     record = record.with_stage("coarse", StageRecord(finished=True, fitted=fitted))
     run.write_record(record)
     return record
+
+
+def coarse_input(record: RunRecord) -> InputInfo:
+    """The normalisation coarse-SN was trained with (another run's, when it was read from one)."""
+    fitted = record.stage("coarse").fitted
+    if "mean" not in fitted:
+        return record.input
+    return dataclasses.replace(record.input, mean=tuple(fitted["mean"]), std=tuple(fitted["std"]))
+
+
+def renormalise(x: torch.Tensor, have: InputInfo, want: InputInfo) -> torch.Tensor:
+    """A batch normalised by ``have``'s mean and std, normalised by ``want``'s instead."""
+    if have.mean == want.mean and have.std == want.std:
+        return x
+    shape = (1, -1, 1, 1)
+    t = lambda v: torch.tensor(v, dtype=x.dtype, device=x.device).view(shape)  # noqa: E731
+    return (x * t(have.std) + t(have.mean) - t(want.mean)) / t(want.std)
 
 
 @torch.no_grad()
