@@ -11,6 +11,6 @@ from __future__ import annotations
 from medsight.models.registry import create_model, list_models, register_model
 
 # Each family registers its names on import; listed here by hand, never discovered from files.
-from medsight.models import arl, chestnet, multiview, mvkbc, ran, resnet, senet, unet  # noqa: F401
+from medsight.models import arl, chestnet, deeplab, multiview, mvkbc, ran, resnet, senet, unet  # noqa: F401
 
 __all__ = ["create_model", "list_models", "register_model"]

@@ -15,13 +15,14 @@ from medsight.recipes.descriptors import Descriptors
 from medsight.recipes.fgfv import Fisher
 from medsight.recipes.fuse_tsd import FuseTSD
 from medsight.recipes.interface import Predictions, Recipe
+from medsight.recipes.mbdcnn import MBDCNN
 from medsight.recipes.multilabel import Multilabel
 from medsight.recipes.mvkbc import MVKBCRecipe
 from medsight.recipes.segmentation import Segmentation
 from medsight.rundir import CONFIG_FILE, RunDir
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classification, Multilabel, Descriptors,
-                                                          FuseTSD, Fisher, MVKBCRecipe)}
+                                                          FuseTSD, Fisher, MVKBCRecipe, MBDCNN)}
 
 
 def parse_config(raw: dict, source: str = "config") -> RecipeConfig:

@@ -76,10 +76,11 @@ def eval_batches(loaded: Loaded, info: InputInfo, batch_size: int) -> Iterator[d
 def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: Loaded, val: Loaded,
                 cfg: NetworkConfig, device: torch.device, console: Console, callbacks=(), folder: str = "",
                 unlabelled: Stream | None = None, epoch_length: str = "labelled",
-                stream: Stream | None = None) -> RunRecord:
+                stream: Stream | None = None, validation: Callable[[], Iterator] | None = None) -> RunRecord:
     """Train ``step`` with the loop: the labelled ``train`` cases (batches ``{"x", "mask", "y"}``
     of :func:`training_stream`, or of the recipe's own ``stream``), or with ``unlabelled`` a second
-    stream beside them (batches ``{"lb": ..., "ulb": ...}``).
+    stream beside them (batches ``{"lb": ..., "ulb": ...}``); validation on the ``val`` cases'
+    :func:`eval_batches`, or on the recipe's own ``validation`` batches.
     Early stopping and the best epoch follow ``train.early_stopping`` (else the step's monitor).
     When an earlier attempt finished this stage, its best weights are read back instead.
     Returns the record with the stage finished (also written to the run directory)."""
@@ -104,7 +105,8 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
     else:
         batches = lambda epoch: two_streams(labelled, unlabelled, cfg.seed, epoch, epoch_length)  # noqa: E731
         steps = two_stream_steps(labelled, unlabelled, epoch_length)
-    fit = trainer.fit(step, batches, lambda: eval_batches(val, record.input, t.batch_size), steps_per_epoch=steps)
+    val_batches = validation or (lambda: eval_batches(val, record.input, t.batch_size))
+    fit = trainer.fit(step, batches, val_batches, steps_per_epoch=steps)
     if fit.history and main:
         from medsight.figures import plot_history
 
