@@ -17,10 +17,11 @@ from medsight.recipes.interface import Predictions, Recipe
 from medsight.recipes.multilabel import Multilabel
 from medsight.recipes.mvkbc import MVKBCRecipe
 from medsight.recipes.segmentation import Segmentation
+from medsight.recipes.semi import SemiRecipe
 from medsight.rundir import CONFIG_FILE, RunDir
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classification, Multilabel, Descriptors,
-                                                          FuseTSD, Fisher, MVKBCRecipe)}
+                                                          FuseTSD, Fisher, MVKBCRecipe, SemiRecipe)}
 
 
 def parse_config(raw: dict, source: str = "config") -> RecipeConfig:
