@@ -199,3 +199,18 @@ def test_fixmatch_trains_on_hidden_and_rating3_nodules_predicts_and_evaluates(tm
     assert "unsup_loss" in history and "pseudo_labelled" in history
     assert main(["predict", str(run), str(data), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     assert main(["evaluate", str(run), str(data), "--split", "heldout", "--out", str(tmp_path / "m.json")]) == 0
+
+
+def test_the_configs_say_what_they_train_and_refuse_what_they_cannot():
+    from medsight.errors import ConfigError
+
+    mt = load_config(CONFIGS / "lidc_voi_semi_mean_teacher.yaml")
+    assert (mt.semi.ratio, mt.semi.weight, mt.semi.ema) == (1, 50.0, 0.999)
+    fm = load_config(CONFIGS / "lidc_voi_semi_fixmatch.yaml", ["semi.uratio=null", "semi.unsup_weight=null"])
+    assert (fm.semi.ratio, fm.semi.weight, fm.semi.threshold) == (7, 1.0, 0.95)  # USB's defaults
+    with pytest.raises(ConfigError, match="pretrain_views"):
+        load_config(CONFIGS / "lidc_voi_semi_fixmatch.yaml", ["mvkbc.pretrain_views=true"])
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        load_config(CONFIGS / "lidc_voi_semi_fixmatch.yaml", ["data.labelled_fraction=0"])
+    with pytest.raises(ConfigError, match="labelled_fraction"):  # only the semi recipe hides labels
+        load_config(CONFIGS / "lidc_voi_mvkbc.yaml", ["data.labelled_fraction=0.5"])
