@@ -61,9 +61,10 @@ def main() -> None:
                                            overrides=scaled(config, fraction) + tuple(args.overrides))
                                   for k in args.folds]
             timings[name] = results[algorithm]
-            rows[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats([r["metrics"] for r in results[algorithm]])
+            rows[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats([r["metrics"]
+                                                                               for r in results[algorithm]])
         if "supervised" in results:
-            for algorithm in results.keys() - {"supervised"}:
+            for algorithm in [a for a in results if a != "supervised"]:
                 gains[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
                     [{"AUC - supervised AUC": r["metrics"]["AUC"] - s["metrics"]["AUC"]}
                      for r, s in zip(results[algorithm], results["supervised"])])

@@ -117,7 +117,8 @@ def tiny(data, run, *sets):
     return ["--data", str(data), "--out", str(run), "--epochs", "2", "--device", "cpu",
             "--set", "data.folds=3", "--set", "data.fold=0", "--set", "data.val_fraction=0.3",
             "--set", "data.image_size=[24,24]", "--set", "model.options.width=4",
-            "--set", "model.options.hidden=[8,4]", "--set", "train.batch_size=4", *[a for s in sets for a in ("--set", s)]]
+            "--set", "model.options.hidden=[8,4]", "--set", "train.batch_size=4",
+            *[a for s in sets for a in ("--set", s)]]
 
 
 @pytest.mark.slow
