@@ -15,8 +15,10 @@ CSV's other columns go into ``Sample.meta`` under snake-case names (``diameter_m
 
 Labels (option ``label_rule``): ``"diagnosis"`` (default) is the dataset's own ``Diagnosis`` column;
 ``"malignancy"`` applies the literature rule to ``Malignancy_value``: < 3 benign, > 3 malignant, and
-a rating of 3 as ``rating3`` says: ``"exclude"`` (default), ``"benign"`` or ``"malignant"``. Excluded
-nodules are not samples; ``Dataset.excluded`` lists them with the reason.
+a rating of 3 as ``rating3`` says: ``"exclude"`` (default), ``"benign"``, ``"malignant"`` or
+``"unlabelled"`` (kept as samples without a label, ``diagnosis`` None: what semi-supervised recipes
+learn from and supervised ones leave out). Excluded nodules are not samples; ``Dataset.excluded``
+lists them with the reason.
 
 Every VOI needs a metadata row and a mask of the image's shape, and every row a VOI: problems are
 collected and raised as one :class:`InputError` listing them.
@@ -45,12 +47,13 @@ TASKS = {"malignancy": Task.multiclass("malignancy", CLASSES)}
 LABEL_RULES = ("diagnosis", "malignancy")
 RATING3 = ("exclude", "benign", "malignant")
 DIAGNOSES = {"benign": "benign", "malign": "malignant", "malignant": "malignant"}
+VOI_RATING3 = RATING3 + ("unlabelled",)  # this reader also keeps rating-3 nodules without a label
 MAX_LISTED = 10
 
 
-def check_rating3(rating3: str) -> str:
-    if rating3 not in RATING3:
-        raise MedsightError(f"option rating3={rating3!r}: expected one of {', '.join(RATING3)}")
+def check_rating3(rating3: str, allowed: tuple[str, ...] = RATING3) -> str:
+    if rating3 not in allowed:
+        raise MedsightError(f"option rating3={rating3!r}: expected one of {', '.join(allowed)}")
     return rating3
 
 
@@ -103,7 +106,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
                             f"(got {', '.join(sorted(options))})")
     if label_rule not in LABEL_RULES:
         raise MedsightError(f"option label_rule={label_rule!r}: expected one of {', '.join(LABEL_RULES)}")
-    check_rating3(rating3)
+    check_rating3(rating3, VOI_RATING3)
     root = Path(root)
     table, images, masks = root / metadata, root / IMAGES, root / MASKS
     for folder in (images, masks):
@@ -162,8 +165,9 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
             rating = _plain(row["Malignancy_value"])
             if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not 1 <= rating <= 5:
                 raise InputError(table, f"line {line} ({cid}): Malignancy_value {rating!r} is not a rating 1-5")
-            diagnosis = label_from_rating(float(rating), rating3)
-            if diagnosis is None:
+            unlabelled = rating3 == "unlabelled" and math.isclose(float(rating), 3.0)
+            diagnosis = None if unlabelled else label_from_rating(float(rating), rating3)
+            if diagnosis is None and not unlabelled:
                 excluded[cid] = f"Malignancy_value 3 (label_rule=malignancy, rating3={rating3})"
                 continue
         meta = {_key(k): _plain(v) for k, v in row.items() if k != "patient_id"}

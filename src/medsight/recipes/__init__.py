@@ -19,10 +19,11 @@ from medsight.recipes.mbdcnn import MBDCNN
 from medsight.recipes.multilabel import Multilabel
 from medsight.recipes.mvkbc import MVKBCRecipe
 from medsight.recipes.segmentation import Segmentation
+from medsight.recipes.semi import SemiRecipe
 from medsight.rundir import CONFIG_FILE, RunDir
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (Segmentation, Classification, Multilabel, Descriptors,
-                                                          FuseTSD, Fisher, MVKBCRecipe, MBDCNN)}
+                                                          FuseTSD, Fisher, MVKBCRecipe, MBDCNN, SemiRecipe)}
 
 
 def parse_config(raw: dict, source: str = "config") -> RecipeConfig:

@@ -176,9 +176,10 @@ class MVKBCStep:
     def optimizers(self):
         return {"model": self.make_optimizer(self.models["model"].parameters())}
 
-    def logits(self, batch: dict, device: torch.device) -> torch.Tensor:
-        """(B,) fused logits, or (B, views) per-view logits with ``per_view``."""
-        model, x = self.models["model"], batch["x"].to(device)
+    def logits(self, batch: dict, device: torch.device, model=None) -> torch.Tensor:
+        """(B,) fused logits of ``model`` (the step's own when None), or (B, views) per-view logits
+        with ``per_view``."""
+        model, x = self.models["model"] if model is None else model, batch["x"].to(device)
         if self.per_view:
             return logit(model.view_probs(x)[..., 1].float())
         size = nodule_size(batch["mask"], self.mm_per_pixel).to(device) if self.options.size_input else None
@@ -206,16 +207,20 @@ class MVKBCStep:
         return {"val_loss": sum(o[2] for o in outputs) / max(len(y), 1), **binary_metrics(y, score)}
 
 
+def augment_patches(x: torch.Tensor, augment, cfg: MVKBCConfig, gen: torch.Generator) -> torch.Tensor:
+    """``x`` (B, views * patches, S, S) augmented by ``augment`` per ``mvkbc.augment_unit``."""
+    unit = {"patch": 1, "view": cfg.patches, "nodule": cfg.views * cfg.patches}[cfg.mvkbc.augment_unit]
+    b, c = x.shape[:2]
+    x, _ = augment_batch(x.reshape(b * c // unit, unit, *x.shape[2:]), None, augment, gen)
+    return x.reshape(b, c, *x.shape[2:])
+
+
 def patch_stream(loaded: Loaded, info: InputInfo, cfg: MVKBCConfig, device: torch.device) -> Stream:
     """Shuffled, normalised batches whose patches are augmented per ``mvkbc.augment_unit``."""
-    unit = {"patch": 1, "view": cfg.patches, "nodule": cfg.views * cfg.patches}[cfg.mvkbc.augment_unit]
-
     def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
         x = normalise(loaded.images[idx].to(device), info.mean, info.std)
-        b, c = x.shape[:2]
-        x, _ = augment_batch(x.reshape(b * c // unit, unit, *x.shape[2:]), None, cfg.augment, gen)
         mask = None if loaded.masks is None else loaded.masks[idx]  # as sampled: the size ignores augmentation
-        return {"x": x.reshape(b, c, *x.shape[2:]), "mask": mask, "y": loaded.labels[idx]}
+        return {"x": augment_patches(x, cfg.augment, cfg, gen), "mask": mask, "y": loaded.labels[idx]}
 
     return Stream(len(loaded.ids), cfg.train.batch_size, batch)
 
@@ -251,8 +256,6 @@ class MVKBCRecipe:
         return torch.cat(out) if out else torch.zeros((0, 2))
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
-        from medsight.figures import plot_roc  # matplotlib: only when training
-
         cfg = self.cfg
         self.device_ = select_device(device)
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, cfg.mvkbc.size_input,
@@ -269,11 +272,18 @@ class MVKBCRecipe:
         step = MVKBCStep(self.model_, cfg.mvkbc, optimizer, mm_per_pixel=cfg.mm_per_pixel)
         record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
                              callbacks, stream=stream)
+        return self.finish(run, record, data, started)
+
+    def finish(self, run: RunDir, record: RunRecord, data, started: float) -> RunRecord:
+        """After the ``network`` stage: the validation ROC, the decision thresholds chosen on the
+        validation cases, the run marked finished."""
+        from medsight.figures import plot_roc  # matplotlib: only when training
+
         self.record_ = record
-        val_proba = self.outputs(data.val, cfg.train.batch_size)
+        val_proba = self.outputs(data.val, self.cfg.train.batch_size)
         plot_roc(data.task, data.val.labels.numpy(), val_proba.numpy(), run.path / "validation_roc.png")
         stage = record.stage("network")
-        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba.numpy(), cfg.predict,
+        thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba.numpy(), self.cfg.predict,
                                          self.console)
         self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
                                   self.device_, self.console, thresholds)
