@@ -41,8 +41,14 @@ def _report_rejected(rejected) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medsight")
-def cli():
+@click.option("--max-pixels", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Refuse 2D images of more than N pixels (width x height) as rejected cases, a guard against "
+                   "decompression bombs; 0: no limit. Default 89478485 (PIL's, about 9459 x 9459).")
+def cli(max_pixels):
     """medsight: medical image classification and segmentation when labels are scarce."""
+    from medsight.data.imageio import DEFAULT_MAX_PIXELS, set_max_pixels
+
+    set_max_pixels(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
 @cli.command()

@@ -96,6 +96,16 @@ def detect_lidc_voi(path: str | Path) -> bool:
     return path.is_dir() and (path / METADATA).is_file() and (path / IMAGES).is_dir()
 
 
+def lidc_voi_lacks(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    table, images = (path / METADATA).is_file(), (path / IMAGES).is_dir()
+    if table == images:
+        return None
+    return f"it has no folder {IMAGES}" if table else f"it has no {METADATA}"
+
+
 def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str = "exclude",
                   metadata: str | Path = METADATA, **options) -> Dataset:
     if options:
@@ -176,5 +186,5 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
     return Dataset("lidc-voi", root, samples, CLASSES, dict(TASKS), default_task="malignancy", excluded=excluded)
 
 
-FORMAT = Format("lidc-voi", read_lidc_voi, detect_lidc_voi, aliases=("lidc_voi",),
+FORMAT = Format("lidc-voi", read_lidc_voi, detect_lidc_voi, aliases=("lidc_voi",), lacks=lidc_voi_lacks, masks="always",
                 description="LIDC-IDRI nodule VOIs: MetadatabyNoduleMaxVoting.csv and VOIs/{image,nodule_mask}/")
