@@ -198,7 +198,7 @@ def data_synth(out, n, size, seed):
 
 
 @cli.command("features")
-@click.argument("kind", type=click.Choice(["glcm", "shape"]))
+@click.argument("kind", metavar="KIND")
 @click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option("--mask", "mask", type=click.Path(path_type=Path), help="Mask of a single image or volume INPUT.")
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
@@ -208,12 +208,16 @@ def data_synth(out, n, size, seed):
 @click.option("--distance", "distances", type=int, multiple=True, help="GLCM: pixel distance (repeatable; default 1).")
 @click.option("--coefficients", "n_coefficients", default=16, show_default=True,
               help="shape (2D): number of Fourier descriptors.")
-def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, n_coefficients):
-    """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
-    one row per case in OUT, the settings beside it in OUT with the suffix .json."""
-    from medsight.features.extract import Settings, extract, single_case
+@click.option("--jobs", "jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Cases described in this many processes at once (the same CSV as one).")
+def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, n_coefficients, jobs):
+    """Compute KIND features (glcm, shape, or both: glcm,shape) of every case of INPUT (one image
+    with --mask, or a dataset): one row per case in OUT, the settings beside it in OUT with the
+    suffix .json."""
+    from medsight.features.extract import Settings, extract, parse_kinds, single_case
     from medsight.io import write_csv
 
+    kinds = parse_kinds(kind)
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
         if target.exists():
@@ -229,8 +233,8 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
                         n_coefficients=n_coefficients)
     with _progress() as progress:
-        rows, rejected = extract(kind, dataset, settings,
-                                 lambda items: progress.track(items, description=f"{kind} features"))
+        rows, rejected = extract(kinds, dataset, settings, lambda items, total: progress.track(
+            items, total=total, description=f"{kind} features"), jobs=jobs)
     _report_rejected(rejected)
     if not rows:
         raise MedsightError(f"{dataset.root}: no case could be described"
@@ -241,7 +245,7 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     write_csv(partial, rows)
-    save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
+    save_json({"medsight_version": medsight.__version__, "kind": ",".join(kinds), "input": [str(i) for i in inputs],
                "mask": None if mask is None else str(mask), "format": dataset.name, "settings": settings.as_dict(),
                "cases": len(rows), "rejected": [str(r) for r in rejected], "features": list(rows[0])[1:]},
               settings_file)
