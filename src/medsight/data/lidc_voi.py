@@ -148,6 +148,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
 
     samples: list[Sample] = []
     excluded: dict[str, str] = {}
+    keys = {column: _key(column) for column in df.columns}  # once, not per row: 673 rows x 33 columns
     for cid in sorted(set(rows) & set(image_files), key=lambda c: (rows[c][1]["patient_id"], int(rows[c][1]["nodule_id"]))):
         line, row = rows[cid]
         image = image_files[cid]
@@ -176,7 +177,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
             if diagnosis is None:
                 excluded[cid] = f"Malignancy_value 3 (label_rule=malignancy, rating3={rating3})"
                 continue
-        meta = {_key(k): _plain(v) for k, v in row.items() if k != "patient_id"}
+        meta = {keys[k]: _plain(v) for k, v in row.items() if k != "patient_id"}
         samples.append(Sample(id=cid, image=image, mask=mask_files[cid], diagnosis=diagnosis,
                               patient_id=str(row["patient_id"]).strip(), meta=meta, spacing=info.spacing,
                               loader=volumeio.load))

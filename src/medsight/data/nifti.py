@@ -13,7 +13,6 @@ not scaled (``scl_slope`` 0, NaN or 1 with ``scl_inter`` 0). Anything else (scal
 
 from __future__ import annotations
 
-import gzip
 import struct
 import zlib
 from pathlib import Path
@@ -49,12 +48,19 @@ def read_header(path: str | Path):
     where ``nibabel.load`` should read the file."""
     path = Path(path)
     try:
-        if _is_gzip(path):
-            with gzip.open(path, "rb") as fh:
-                block = fh.read(540)
-        else:
-            with open(path, "rb") as fh:
-                block = fh.read(540)
+        with open(path, "rb") as fh:
+            if not _is_gzip(path):
+                return _header(fh.read(540))
+            # inflate only the first 540 bytes (gzip.open would inflate a whole buffer's worth)
+            inflater, block, pending = zlib.decompressobj(wbits=31), b"", b""
+            while len(block) < 540:
+                chunk = fh.read(1024)
+                if not chunk and not pending:
+                    break
+                block += inflater.decompress(pending + chunk, 540 - len(block))
+                pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
         return _header(block)
     except (OSError, EOFError, ValueError, zlib.error, struct.error):
         return None

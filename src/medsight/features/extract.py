@@ -153,19 +153,24 @@ def _worker_start(max_pixels: int | None) -> None:
 
 def _results(kinds, dataset: Dataset, settings: Settings, jobs: int):
     """Each case's result, in the dataset's order."""
-    if jobs <= 1 or len(dataset.samples) < 2:
-        for sample in dataset.samples:
+    samples = dataset.samples
+    if jobs <= 1 or len(samples) < 3:
+        for sample in samples:
             yield _describe_case(kinds, settings, sample)
         return
     from functools import partial
 
+    # The first case here, before the fork: the workers then start with its imports done and the
+    # numba kernels loaded (half a second each otherwise).
+    yield _describe_case(kinds, settings, samples[0])
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods and os.name == "posix" else None)
-    jobs = min(jobs, len(dataset.samples))
-    chunk = max(1, min(16, len(dataset.samples) // (4 * jobs)))  # several chunks a worker: an even finish
+    rest = samples[1:]
+    jobs = min(jobs, len(rest))
+    chunk = max(1, min(16, len(rest) // (4 * jobs)))  # several chunks a worker: an even finish
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
                              initargs=(imageio.max_pixels(),)) as pool:
-        yield from pool.map(partial(_describe_case, kinds, settings), dataset.samples, chunksize=chunk)
+        yield from pool.map(partial(_describe_case, kinds, settings), rest, chunksize=chunk)
 
 
 def extract(kinds: str | tuple[str, ...], dataset: Dataset, settings: Settings, progress=None,

@@ -105,21 +105,18 @@ def _line_ends(points: np.ndarray, axis: int) -> np.ndarray:
     return ends
 
 
-def _max_distance(points: np.ndarray, candidates: np.ndarray | None = None) -> float:
-    """Largest pairwise distance, searched among `candidates` (default: the line ends along every
-    axis); the convex hull thins them further when many remain (Qhull costs ~0.3 ms, pdist of 256
-    points less)."""
+def _max_distance(points: np.ndarray) -> float:
+    """Largest pairwise distance, searched among the line ends along every axis; the convex hull
+    thins them further when many remain (Qhull costs ~0.3 ms, all pairs of 256 points less)."""
     if len(points) < 2:
         return 0.0
-    if candidates is None:
-        candidates = np.logical_and.reduce([_line_ends(points, k) for k in range(points.shape[1])])
-    points = points[candidates]
+    points = points[np.logical_and.reduce([_line_ends(points, k) for k in range(points.shape[1])])]
     if len(points) > 256:
         from scipy.spatial import ConvexHull, QhullError
 
         try:
             points = points[ConvexHull(points).vertices]
-        except QhullError:  # all points on a line or plane: pdist on all of them is still right
+        except QhullError:  # all points on a line or plane: all pairs of them is still right
             pass
     squared = sum((points[:, k, None] - points[None, :, k]) ** 2 for k in range(points.shape[1]))
     return float(np.sqrt(squared.max()))
@@ -271,13 +268,11 @@ def shape_features_3d(mask, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
     ...Column) or sagittal plane (equal x: ...Row). The axis lengths are 4*sqrt(eigenvalue) of the
     voxel-centre covariance. Every number equals pyradiomics' to rounding. Keys: SHAPE_3D_FEATURES.
     """
-    from medsight.features._mesh import mesh_area_volume, mesh_vertices
+    from medsight.features._mesh import mesh_features
 
     spacing = _as_spacing(spacing, 3)
     foreground = _bounding_box(_as_mask(mask, 3))
-    area, volume = mesh_area_volume(foreground, spacing)
-    verts = mesh_vertices(foreground, spacing)
-    ends = [_line_ends(verts, k) for k in range(3)]  # the diameters' candidates
+    area, volume, diameter, slice_diameter, column_diameter, row_diameter = mesh_features(foreground, spacing)
 
     least, minor, major = _axis_eigenvalues(foreground, spacing)
     sphere_area = (36.0 * np.pi * volume**2) ** (1.0 / 3.0)  # area of the sphere of this volume
@@ -295,10 +290,10 @@ def shape_features_3d(mask, spacing=(1.0, 1.0, 1.0)) -> dict[str, float]:
         "LeastAxisLength": 4.0 * np.sqrt(least),
         "Elongation": _ratio(minor, major),
         "Flatness": _ratio(least, major),
-        "Maximum3DDiameter": _diameter(verts, ends[0] & ends[1] & ends[2]),
-        "Maximum2DDiameterSlice": _diameter(verts, ends[1] & ends[2], plane_axis=0),
-        "Maximum2DDiameterColumn": _diameter(verts, ends[0] & ends[2], plane_axis=1),
-        "Maximum2DDiameterRow": _diameter(verts, ends[0] & ends[1], plane_axis=2),
+        "Maximum3DDiameter": diameter,
+        "Maximum2DDiameterSlice": slice_diameter,
+        "Maximum2DDiameterColumn": column_diameter,
+        "Maximum2DDiameterRow": row_diameter,
     }
     return {name: float(value) for name, value in features.items()}
 
@@ -312,21 +307,6 @@ def _bounding_box(foreground: np.ndarray) -> np.ndarray:
         present = np.flatnonzero(foreground.any(axis=tuple(k for k in range(foreground.ndim) if k != axis)))
         box.append(slice(present[0], present[-1] + 1))
     return foreground[tuple(box)]
-
-
-def _diameter(points: np.ndarray, candidates: np.ndarray, plane_axis: int | None = None) -> float:
-    """Largest distance between two of `points[candidates]` (that share their coordinate along
-    `plane_axis`, when given)."""
-    from medsight.features._mesh import max_squared_distance
-
-    points = points[candidates]
-    if plane_axis is None:
-        starts = np.array([0, len(points)])
-    else:
-        points = points[np.argsort(points[:, plane_axis], kind="stable")]
-        plane = points[:, plane_axis]
-        starts = np.flatnonzero(np.concatenate([[True], plane[1:] != plane[:-1], [True]]))
-    return float(np.sqrt(max_squared_distance(np.ascontiguousarray(points), starts)))
 
 
 # ----------------------------------------------------------------------------- estimators
