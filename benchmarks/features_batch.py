@@ -20,7 +20,7 @@ each repeat's ratios pyradiomics / medsight and their median. A warm-up run of e
 comes first (untimed), so that numba's compiled kernels are in their cache, as after a user's
 first run. Finally it checks that the numbers agree: the largest relative difference per feature
 over every case (pyradiomics keeps NIfTI zooms as float32 while medsight reads them to 6 decimals,
-2e-8 apart; MCC differs by pyradiomics' eps).
+up to ~1e-6 apart, so volumes differ by up to ~2e-6; MCC differs by pyradiomics' eps).
 """
 
 from __future__ import annotations
