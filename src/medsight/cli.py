@@ -68,8 +68,14 @@ def _report_rejected(rejected) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medsight")
-def cli():
+@click.option("--max-pixels", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Refuse 2D images of more than N pixels (width x height) as rejected cases, a guard against "
+                   "decompression bombs; 0: no limit. Default 89478485 (PIL's, about 9459 x 9459).")
+def cli(max_pixels):
     """medsight: medical image classification and segmentation when labels are scarce."""
+    from medsight.data.imageio import DEFAULT_MAX_PIXELS, set_max_pixels
+
+    set_max_pixels(DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
 @cli.command()
@@ -281,7 +287,7 @@ def data_synth(out, n, size, seed):
 
 
 @cli.command("features")
-@click.argument("kind", type=click.Choice(["glcm", "shape"]))
+@click.argument("kind", metavar="KIND")
 @click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option("--mask", "mask", type=click.Path(path_type=Path), help="Mask of a single image or volume INPUT.")
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
@@ -291,13 +297,17 @@ def data_synth(out, n, size, seed):
 @click.option("--distance", "distances", type=int, multiple=True, help="GLCM: pixel distance (repeatable; default 1).")
 @click.option("--coefficients", "n_coefficients", default=16, show_default=True,
               help="shape (2D): number of Fourier descriptors.")
-def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, n_coefficients):
-    """Compute glcm or shape features of every case of INPUT (one image with --mask, or a dataset):
-    one row per case in OUT, the settings beside it in OUT with the suffix .json."""
-    from medsight.features.extract import Settings, extract, single_case
+@click.option("--jobs", "jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Cases described in this many processes at once (the same CSV as one).")
+def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, n_coefficients, jobs):
+    """Compute KIND features (glcm, shape, or both: glcm,shape) of every case of INPUT (one image
+    with --mask, or a dataset): one row per case in OUT, the settings beside it in OUT with the
+    suffix .json."""
+    from medsight.features.extract import Settings, extract, parse_kinds, single_case
     from medsight.io import check_writable, write_csv
     from medsight.progress import track
 
+    kinds = parse_kinds(kind)
     settings_file = out.with_suffix(".json")
     for target in (out, settings_file):
         if target.exists():
@@ -313,7 +323,8 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
         dataset = _open_input(inputs, fmt)
     settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
                         n_coefficients=n_coefficients)
-    rows, rejected = extract(kind, dataset, settings, lambda items: track(items, f"{kind} features", console))
+    rows, rejected = extract(kinds, dataset, settings, lambda items, total: track(items, f"{kind} features", console,
+                                                                                  total=total), jobs=jobs)
     _report_rejected(rejected)
     if not rows:
         raise MedsightError(f"{dataset.root}: no case could be described"
@@ -326,10 +337,10 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
     try:  # both files, or neither
         with _writing(out):
             write_csv(partial, rows)
-            save_json({"medsight_version": medsight.__version__, "kind": kind, "input": [str(i) for i in inputs],
-                       "mask": None if mask is None else str(mask), "format": dataset.name,
-                       "settings": settings.as_dict(), "cases": len(rows), "rejected": [str(r) for r in rejected],
-                       "features": list(rows[0])[1:]}, settings_file)
+            save_json({"medsight_version": medsight.__version__, "kind": ",".join(kinds),
+                       "input": [str(i) for i in inputs], "mask": None if mask is None else str(mask),
+                       "format": dataset.name, "settings": settings.as_dict(), "cases": len(rows),
+                       "rejected": [str(r) for r in rejected], "features": list(rows[0])[1:]}, settings_file)
             partial.rename(out)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -347,6 +347,13 @@ def test_shape3d_box_exact(box, spacing):
                                                        else 1.0)
     if box == (1, 1, 1):  # one voxel: an octahedron, zero axes, ratios defined as 1
         assert f["MajorAxisLength"] == 0.0 and f["Elongation"] == 1.0 and f["Flatness"] == 1.0
+    # In-plane diameters between mesh vertices (edge midpoints): in a plane through voxel centres
+    # the farthest pair is a side's outer midpoint to the opposite corner's row, (n_u, n_v - 1) or
+    # (n_u - 1, n_v) apart in voxel steps; the plane between two layers gives only (n_u - 1, n_v - 1).
+    for name, axis in (("Maximum2DDiameterSlice", 0), ("Maximum2DDiameterColumn", 1), ("Maximum2DDiameterRow", 2)):
+        (nu, su), (nv, sv) = [(box[k], spacing[k]) for k in range(3) if k != axis]
+        expected = max(np.hypot(nu * su, (nv - 1) * sv), np.hypot((nu - 1) * su, nv * sv))
+        assert f[name] == pytest.approx(expected, rel=1e-12), name
 
 
 def test_shape3d_uses_all_components():
@@ -360,24 +367,63 @@ def test_shape3d_uses_all_components():
     assert both["SurfaceArea"] == pytest.approx(2 * one["SurfaceArea"])
 
 
-def test_shape3d_agrees_with_pyradiomics():
+def _bounding_box(mask):
+    box = tuple(slice(i.min(), i.max() + 1) for i in np.nonzero(mask))
+    return mask[box]
+
+
+def _pyradiomics_3d(mask, spacing):
+    """pyradiomics' shape features as its extractor (and ``pyradiomics`` command) computes them: on
+    the mask cropped to its bounding box."""
     shape = require("radiomics.shape", "pyradiomics is not installed")
+    return _radiomics_features(shape, "RadiomicsShape", _bounding_box(mask), spacing, SHAPE_3D_FEATURES)
+
+
+def test_shape3d_agrees_with_pyradiomics():
+    """Every feature to rounding, voxel noise included: the same marching-cubes mesh as pyradiomics
+    (its classic table and its handling of cubes whose corner 7 is inside), in the same place."""
     rng = np.random.default_rng(0)
     blob = ndimage.gaussian_filter(rng.normal(size=(16, 18, 17)), 2) > 0.05
     smooth = [(ball(8), (1.0, 1.0, 1.0)), (ball(0, (1.2, 0.8, 1.0), (6.0, 12.0, 8.0)), (1.2, 0.8, 1.0)),
               (ball(0, (2.5, 0.7, 0.7), (5.0, 7.0, 9.0)), (2.5, 0.7, 0.7))]
-    exact = ["VoxelVolume", "MajorAxisLength", "MinorAxisLength", "LeastAxisLength",
-             "Elongation", "Flatness", "Maximum3DDiameter"]
-    for mask, spacing in smooth + [(blob, (1.5, 1.0, 0.7))]:
+    noise = [(np.pad(rng.random((6, 7, 8)) > 0.5, 2), tuple(rng.uniform(0.5, 2.0, 3))) for _ in range(8)]
+    for mask, spacing in smooth + [(blob, (1.5, 1.0, 0.7))] + noise:
         ours = shape_features_3d(mask, spacing)
-        theirs = _radiomics_features(shape, "RadiomicsShape", mask, spacing, SHAPE_3D_FEATURES)
-        for name in exact:
-            assert ours[name] == pytest.approx(theirs[name], rel=1e-12), name
-        # The two marching cubes agree exactly on smooth shapes; they resolve ambiguous cube
-        # configurations differently, which costs ~0.5% on a smoothed noise blob (more on pure noise).
-        rel = 1e-12 if mask is not blob else 0.01
-        for name in set(SHAPE_3D_FEATURES) - set(exact):
-            assert ours[name] == pytest.approx(theirs[name], rel=rel), name
+        theirs = _pyradiomics_3d(mask, spacing)
+        for name in SHAPE_3D_FEATURES:
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-11), name
+
+
+def test_shape3d_agrees_with_pyradiomics_on_real_nodules(lidc_vois):
+    """One LIDC VOI mask in eight (85 nodules) with their own spacing."""
+    nib = pytest.importorskip("nibabel")
+    from medsight.data import volumeio
+
+    files = sorted((lidc_vois / "VOIs" / "nodule_mask").glob("*.nii.gz"))[::8]
+    assert len(files) > 80
+    for path in files:
+        volume = volumeio.read_nifti(path)
+        mask = volume.array > 0
+        ours = shape_features_3d(mask, volume.spacing)
+        theirs = _pyradiomics_3d(mask, volume.spacing)
+        for name in SHAPE_3D_FEATURES:
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-11), (path.name, name)
+    assert nib is not None
+
+
+def test_mesh_table_is_the_classic_marching_cubes_table():
+    """``_mesh.TRIANGLES`` is the first half of the classic (Lorensen / Bourke) table that
+    scikit-image ships, the half pyradiomics uses."""
+    import base64
+
+    luts = pytest.importorskip("skimage.measure._marching_cubes_lewiner_luts")
+    from medsight.features._mesh import TRIANGLES
+
+    shape, text = luts.CASESCLASSIC
+    table = np.frombuffer(base64.decodebytes(text.encode()), dtype=np.int8).reshape(shape)
+    for config, row in enumerate(TRIANGLES):
+        edges = [int(e, 16) for triangle in row.split() for e in triangle]
+        assert edges == [int(e) for e in table[config] if e >= 0], config
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -457,7 +503,7 @@ def test_shape_tables_transform_with_features_and_spacing_pairs():
     est = Shape3D().fit([cube])
     assert est.n_features_out_ == len(SHAPE_3D_FEATURES)
     out = est.transform([cube, (cube, (2.0, 1.0, 1.0))])
-    assert out.shape == (2, 14) and out.dtype == np.float64
+    assert out.shape == (2, len(SHAPE_3D_FEATURES)) == (2, 17) and out.dtype == np.float64
     volume = list(SHAPE_3D_FEATURES).index("VoxelVolume")
     assert out[:, volume].tolist() == [27.0, 54.0]
     assert Shape3D(features="Flatness").fit([]).transform(np.stack([cube, cube])).shape == (2, 1)

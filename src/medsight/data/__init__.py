@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from medsight.data import chestxray14, folder, isic, lidc, lidc_voi, luna, medmnist, ph2, synthetic, synthetic_xray
 from medsight.data.base import UNLABELLED, Dataset, Sample, Task
 from medsight.data.formats import Format
@@ -49,6 +51,12 @@ def detect_format(path: str | Path) -> str:
     for fmt in FORMATS:
         if fmt.detect is not None and fmt.detect(path):
             return fmt.name
+    near = [(f, gap) for f in FORMATS if f.lacks is not None for gap in [f.lacks(path)] if gap]
+    if near:  # the first in detection order is the closest: the specific layouts come first
+        closest, gap = near[0]
+        others = "".join(f"; it is also like {f.name} ({g})" for f, g in near[1:])
+        raise InputError(path, f"not a layout medsight recognises. Closest: {closest.name} ({closest.description}), "
+                               f"but {gap}{others}. Fix that, or name a layout with --format")
     raise InputError(path, f"not a layout medsight recognises (tried {', '.join(f.name for f in FORMATS)}); "
                            "name one with --format")
 
@@ -75,12 +83,37 @@ def open_dataset(path: str | Path | list | None, format: str | None = None, **op
 
 def validate(dataset: Dataset, task: Task | None = None, progress=None) -> list[InputError]:
     """Load every image and mask; return one error per problem (unreadable file, size mismatch,
-    a label outside ``task``). An empty list means the dataset is usable. ``progress`` wraps the
-    loop over the cases (:func:`medsight.progress.track`)."""
+    a label outside ``task``, a mask the layout promises missing or empty). An empty list means
+    the dataset is usable. ``progress`` wraps the loop over the cases (:func:`medsight.progress.track`)."""
+    return check_dataset(dataset, task, progress)[0]
+
+
+def check_dataset(dataset: Dataset, task: Task | None = None, progress=None
+                  ) -> tuple[list[InputError], list[InputError]]:
+    """``(problems, warnings)`` of every case, each file read once (what ``medsight data check``
+    reports). Where the layout gives every case a mask (``Format.masks == "always"``: PH2, LIDC),
+    a case without one or with an all-zero mask is a problem; where masks are optional, an all-zero
+    mask is a warning, and so are cases without a mask beside cases with one. ``progress`` wraps
+    the loop over the cases (:func:`medsight.progress.track`)."""
+    fmt = _BY_NAME.get(dataset.name)
+    promise = fmt.masks if fmt is not None else "optional"
     problems: list[InputError] = []
+    warnings: list[InputError] = []
     for sample in (progress or iter)(dataset.samples):
-        problems.extend(check_sample(sample, task))
-    return problems
+        _, mask, found = load_checked(sample, task)
+        problems.extend(found)
+        if promise == "always" and not sample.has_mask:
+            problems.append(InputError(sample.source, f"no mask, although the {dataset.name} layout gives every "
+                                                      "case one"))
+        elif mask is not None and not np.any(mask):
+            where = sample.mask if isinstance(sample.mask, Path) else sample.source
+            (problems if promise == "always" else warnings).append(InputError(where, "mask is empty (all zero)"))
+    with_mask = sum(s.has_mask for s in dataset.samples)
+    if promise != "always" and 0 < with_mask < len(dataset.samples):
+        missing = [s.id for s in dataset.samples if not s.has_mask]
+        warnings.append(InputError(dataset.root, f"{len(missing)} of {len(dataset.samples)} cases have no mask "
+                                                 f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"))
+    return problems, warnings
 
 
 def _dims(shape) -> str:
@@ -132,4 +165,4 @@ def load_checked(sample: Sample, task: Task | None = None):
 
 
 __all__ = ["Dataset", "Sample", "Task", "UNLABELLED", "Format", "FORMATS", "GENERATED", "get_format",
-           "open_dataset", "detect_format", "validate", "check_sample", "load_checked"]
+           "open_dataset", "detect_format", "validate", "check_dataset", "check_sample", "load_checked"]

@@ -1,7 +1,8 @@
 """What ``medsight data check`` reports: counts, image sizes, masks, and every problem found.
 
 ``summarize(dataset)`` returns a JSON-friendly dict; ``format_summary`` renders it as text.
-Problems come from :func:`medsight.data.validate` (which loads every image and mask).
+Problems and warnings come from :func:`medsight.data.check_dataset` (which loads every image and mask):
+problems make ``data check`` exit with code 2, warnings are listed only.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from PIL import Image
 
-from medsight.data import validate
+from medsight.data import check_dataset
 from medsight.data.base import Dataset, Sample
+from medsight.data.imageio import image_size
+from medsight.errors import InputError
 
 MAX_LISTED = 20  # problems printed by format_summary; the count is always given
 
@@ -22,9 +24,8 @@ def _size(sample: Sample) -> tuple[int, int] | None:
     if isinstance(sample.image, np.ndarray):
         return tuple(int(x) for x in sample.image.shape[-2:])
     try:
-        with Image.open(sample.image) as img:
-            return img.height, img.width
-    except (OSError, ValueError):
+        return image_size(sample.image)
+    except InputError:  # check_dataset() reports it
         return None
 
 
@@ -43,7 +44,7 @@ def _spacing_stats(samples) -> dict | None:
 
 def summarize(dataset: Dataset, check_files: bool = True, progress=None) -> dict:
     """Counts per split and per class of every task, image sizes, masks and (unless
-    ``check_files`` is false) the problems :func:`validate` finds with the default task
+    ``check_files`` is false) the problems and warnings :func:`check_dataset` finds with the default task
     (``progress`` wraps its loop over the cases, as :func:`medsight.progress.track`)."""
     samples = dataset.samples
     splits = Counter(s.split or "none" for s in samples)
@@ -76,7 +77,9 @@ def summarize(dataset: Dataset, check_files: bool = True, progress=None) -> dict
     }
     if check_files:
         task = dataset.task() if dataset.default_task else None
-        summary["problems"] = [str(p) for p in validate(dataset, task, progress)]
+        problems, warnings = check_dataset(dataset, task, progress)
+        summary["problems"] = [str(p) for p in problems]
+        summary["warnings"] = [str(w) for w in warnings]
     return summary
 
 
@@ -104,6 +107,10 @@ def format_summary(summary: dict) -> str:
     if len(summary["classes_per_split"]) > 1:
         for split, counts in summary["classes_per_split"].items():
             out.append(f"  {split}: " + (", ".join(f"{c} {n}" for c, n in counts.items()) or "unlabelled"))
+    for warning in summary.get("warnings", [])[:MAX_LISTED]:
+        out.append(f"warning     {warning}")
+    if len(summary.get("warnings", [])) > MAX_LISTED:
+        out.append(f"warning     ... and {len(summary['warnings']) - MAX_LISTED} more")
     if "problems" in summary:
         problems = summary["problems"]
         if not problems:

@@ -52,17 +52,36 @@ def _find_csv(root: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
+def _header(table: Path) -> list[str] | None:
+    try:
+        with open(table, encoding="utf-8", errors="replace") as fh:
+            return [c.strip().strip('"') for c in fh.readline().strip().split(",")]
+    except OSError:
+        return None
+
+
 def detect_folder(path: str | Path) -> bool:
     path = Path(path)
     table = _find_csv(path) if path.is_dir() else None
+    header = _header(table) if table is not None else None
+    return header is not None and {"id", "label"} <= set(header)
+
+
+def folder_lacks(path: str | Path) -> str | None:
+    """What a folder holding a CSV lacks to be read as the folder layout."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    tables = sorted(p.name for p in path.glob("*.csv") if p.is_file())
+    table = _find_csv(path)
     if table is None:
-        return False
-    try:
-        with open(table, encoding="utf-8", errors="replace") as fh:
-            header = {c.strip().strip('"') for c in fh.readline().strip().split(",")}
-    except OSError:
-        return False
-    return {"id", "label"} <= header
+        return (f"it has {len(tables)} CSV files ({', '.join(tables[:5])}) and no labels.csv to choose"
+                if tables else None)
+    header = _header(table)
+    if header is None:
+        return f"{table.name} cannot be read"
+    missing = [c for c in ("id", "label") if c not in header]
+    return f"{table.name} has no column {' or '.join(repr(c) for c in missing)} (found: {', '.join(header)})"
 
 
 def _sort_labels(labels: set[str]) -> tuple[str, ...]:
@@ -250,7 +269,7 @@ def write_folder(dataset: Dataset, out_dir: str | Path) -> Path:
 
 
 FORMATS = (
-    Format("folder", read_folder, detect_folder,
+    Format("folder", read_folder, detect_folder, lacks=folder_lacks, masks="optional",
            description="a folder of images with labels.csv (id,label[,image][,mask][,patient_id][,split])"),
     Format("images", read_images, detect_images,
            description="one image file, a list of them, or a folder of images with no CSV (unlabelled)"),

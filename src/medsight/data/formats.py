@@ -21,6 +21,9 @@ class Format:
     aliases: tuple[str, ...] = ()  # other names ``format=`` accepts
     generated: bool = False  # needs no path: ``open_dataset(None, format=name)`` makes the data
     description: str = ""  # one line, for listings and messages
+    # when ``detect`` refuses a path that holds part of this layout: what it lacks (None: not a near miss)
+    lacks: Callable[[Path], str | None] | None = None
+    masks: str = "none"  # "always": the layout gives every case a mask; "optional"; "none"
 
 
 __all__ = ["Format"]

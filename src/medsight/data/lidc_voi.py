@@ -99,6 +99,16 @@ def detect_lidc_voi(path: str | Path) -> bool:
     return path.is_dir() and (path / METADATA).is_file() and (path / IMAGES).is_dir()
 
 
+def lidc_voi_lacks(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    table, images = (path / METADATA).is_file(), (path / IMAGES).is_dir()
+    if table == images:
+        return None
+    return f"it has no folder {IMAGES}" if table else f"it has no {METADATA}"
+
+
 def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str = "exclude",
                   metadata: str | Path = METADATA, **options) -> Dataset:
     if options:
@@ -141,6 +151,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
 
     samples: list[Sample] = []
     excluded: dict[str, str] = {}
+    keys = {column: _key(column) for column in df.columns}  # once, not per row: 673 rows x 33 columns
     for cid in sorted(set(rows) & set(image_files), key=lambda c: (rows[c][1]["patient_id"], int(rows[c][1]["nodule_id"]))):
         line, row = rows[cid]
         image = image_files[cid]
@@ -170,7 +181,7 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
             if diagnosis is None and not unlabelled:
                 excluded[cid] = f"Malignancy_value 3 (label_rule=malignancy, rating3={rating3})"
                 continue
-        meta = {_key(k): _plain(v) for k, v in row.items() if k != "patient_id"}
+        meta = {keys[k]: _plain(v) for k, v in row.items() if k != "patient_id"}
         samples.append(Sample(id=cid, image=image, mask=mask_files[cid], diagnosis=diagnosis,
                               patient_id=str(row["patient_id"]).strip(), meta=meta, spacing=info.spacing,
                               loader=volumeio.load))
@@ -180,5 +191,5 @@ def read_lidc_voi(root: str | Path, label_rule: str = "diagnosis", rating3: str 
     return Dataset("lidc-voi", root, samples, CLASSES, dict(TASKS), default_task="malignancy", excluded=excluded)
 
 
-FORMAT = Format("lidc-voi", read_lidc_voi, detect_lidc_voi, aliases=("lidc_voi",),
+FORMAT = Format("lidc-voi", read_lidc_voi, detect_lidc_voi, aliases=("lidc_voi",), lacks=lidc_voi_lacks, masks="always",
                 description="LIDC-IDRI nodule VOIs: MetadatabyNoduleMaxVoting.csv and VOIs/{image,nodule_mask}/")

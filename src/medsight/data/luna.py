@@ -76,6 +76,18 @@ def detect_luna(path: str | Path) -> bool:
     return any(path.glob("*.mhd")) or any(path.glob("*/*.mhd")) or any(path.glob("*/*/*.mhd"))
 
 
+def luna_lacks(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    tables = [t for t in _csv_files(path, ANNOTATIONS + CANDIDATES) if {"seriesuid", *COORDS} <= _header(t)]
+    volumes = any(path.glob("*.mhd")) or any(path.glob("*/*.mhd")) or any(path.glob("*/*/*.mhd"))
+    if bool(tables) == volumes:
+        return None
+    return ("it has no .mhd volumes (in the folder or two levels below)" if tables else
+            f"it has no {' or '.join(ANNOTATIONS + CANDIDATES)} with columns seriesuid, {', '.join(COORDS)}")
+
+
 def _pick_csv(root: Path, csv: str | Path | None) -> Path:
     if csv is not None:
         table = root / csv
@@ -174,5 +186,5 @@ def read_luna(root: str | Path, csv: str | Path | None = None, skip_missing: boo
     return Dataset("luna", root, samples, (), dict(MALIGNANCY_TASKS), default_task="malignancy", excluded=excluded)
 
 
-FORMAT = Format("luna", read_luna, detect_luna, aliases=("luna16", "tianchi"),
+FORMAT = Format("luna", read_luna, detect_luna, aliases=("luna16", "tianchi"), lacks=luna_lacks,
                 description="LUNA16 / Tianchi: <seriesuid>.mhd CT volumes and annotations.csv or candidates.csv")

@@ -53,6 +53,15 @@ def detect_medmnist(path: str | Path) -> bool:
     return npz is not None and _is_medmnist(npz)
 
 
+def medmnist_lacks(path: str | Path) -> str | None:
+    npz = _find_npz(Path(path))
+    if npz is None or _is_medmnist(npz):
+        return None
+    keys = sorted(_keys(npz))
+    return (f"{npz.name} has no <split>_images with <split>_labels (splits {', '.join(SPLITS)}; "
+            f"found: {', '.join(keys) or 'nothing readable'})")
+
+
 def _channel_first(npz: Path, key: str, images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise InputError(npz, f"{key} has dtype {images.dtype}, expected uint8")
@@ -133,5 +142,5 @@ def read_medmnist(path: str | Path, classes: list[str] | tuple[str, ...] | str |
     return Dataset("medmnist", npz, samples, names, tasks, default_task="diagnosis")
 
 
-FORMAT = Format("medmnist", read_medmnist, detect_medmnist, aliases=("dermamnist",),
+FORMAT = Format("medmnist", read_medmnist, detect_medmnist, aliases=("dermamnist",), lacks=medmnist_lacks,
                 description="a MedMNIST v2 .npz file (e.g. dermamnist.npz), or a folder holding exactly one")

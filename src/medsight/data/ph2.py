@@ -33,6 +33,16 @@ def detect_ph2(path: str | Path) -> bool:
     return path.is_dir() and (path / TABLE).is_file() and (path / IMAGES).is_dir()
 
 
+def ph2_lacks(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    table, images = (path / TABLE).is_file(), (path / IMAGES).is_dir()
+    if table == images:
+        return None
+    return f"it has no folder {IMAGES!r}" if table else f"it has no {TABLE}"
+
+
 def _cells(line: str) -> list[str]:
     # "|| a || b || c | d ||" -> ["a", "b", "c", "d"]: '||' and '|' both separate cells.
     return [c.strip() for c in line.strip().replace("||", "|").split("|")[1:-1]]
@@ -112,5 +122,5 @@ def read_ph2(root: str | Path, **options) -> Dataset:
                    default_task="melanoma")
 
 
-FORMAT = Format("ph2", read_ph2, detect_ph2,
+FORMAT = Format("ph2", read_ph2, detect_ph2, lacks=ph2_lacks, masks="always",
                 description="PH2 dermoscopy: PH2_dataset.txt and 'PH2 Dataset images/'")

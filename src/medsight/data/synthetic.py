@@ -366,7 +366,7 @@ def read_synthetic(root: str | Path | None = None, n: int = 200, size: int | tup
     return make_dermoscopy(n=n, size=size, seed=seed, malignant_fraction=malignant_fraction)
 
 
-FORMAT = Format("synthetic", read_synthetic, None, generated=True,
+FORMAT = Format("synthetic", read_synthetic, None, generated=True, masks="always",
                 description="generated dermoscopy-like images (no path; options n, size, seed, malignant_fraction)")
 
 __all__ = ["make_lesion", "make_dermoscopy", "read_synthetic", "CLASSES", "FORMAT"]

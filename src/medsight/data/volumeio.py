@@ -2,7 +2,7 @@
 
 Formats:
 
-- NIfTI ``.nii`` / ``.nii.gz`` (nibabel). NIfTI stores voxels x-fastest and reports its shape and
+- NIfTI ``.nii`` / ``.nii.gz`` (nibabel; single files through ``nifti``, one read). NIfTI stores voxels x-fastest and reports its shape and
   zooms as (x, y, z): the data are transposed to (z, y, x) (``data.transpose(2, 1, 0)``) and the
   zooms reversed, for images and masks alike. Voxels keep their stored order (no reorientation):
   element ``[k, j, i]`` of the result is NIfTI voxel ``(i, j, k)``.
@@ -111,21 +111,28 @@ def _nifti(path: Path):
         raise InputError(path, f"cannot read NIfTI ({exc.__class__.__name__}: {exc})") from None
 
 
-def _nifti_info(path: Path, img) -> VolumeInfo:
-    x, y, z = _shape3(path, img.shape)
-    zooms = [round(float(v), 6) for v in img.header.get_zooms()[:3]]
-    affine = _LPS @ np.asarray(img.affine, dtype=float) @ _XYZ_TO_ZYX
+def _nifti_info(path: Path, header) -> VolumeInfo:
+    x, y, z = _shape3(path, header.get_data_shape())
+    zooms = [round(float(v), 6) for v in header.get_zooms()[:3]]
+    affine = _LPS @ np.asarray(header.get_best_affine(), dtype=float) @ _XYZ_TO_ZYX  # the image's affine
     return VolumeInfo(path, (z, y, x), (zooms[2], zooms[1], zooms[0]), affine)
 
 
 def read_nifti(path: str | Path) -> Volume:
+    from medsight.data import nifti
+
     path = Path(path)
-    img = _nifti(path)
-    info = _nifti_info(path, img)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(path, f"cannot read NIfTI data ({exc.__class__.__name__}: {exc})") from None
+    fast = nifti.read(path)  # one read and decompression; None: nibabel's own path
+    if fast is not None:
+        header, data = fast
+    else:
+        img = _nifti(path)
+        header = img.header
+        try:
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:
+            raise InputError(path, f"cannot read NIfTI data ({exc.__class__.__name__}: {exc})") from None
+    info = _nifti_info(path, header)
     data = data.reshape(data.shape[:3])
     return Volume(**vars(info), array=np.ascontiguousarray(data.transpose(2, 1, 0)))
 
@@ -388,7 +395,10 @@ def read_info(path: str | Path) -> VolumeInfo:
         return dicom_series_info(path)
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        return _nifti_info(path, _nifti(path))
+        from medsight.data import nifti
+
+        header = nifti.read_header(path)  # the first bytes only; None: nibabel's own path
+        return _nifti_info(path, _nifti(path).header if header is None else header)
     if suffix in ITK_SUFFIXES:
         return read_itk_info(path)
     return read_volume(path)  # raises the right error

@@ -11,8 +11,8 @@ A case is what a preprocessor made of it (``medsight.transforms.preprocess``): `
 ``spacing`` is the size of one pixel / voxel of the preprocessed arrays in mm (``None``: 1).
 
 The numbers come from the scikit-learn estimators ``GLCMTexture`` (``medsight.features.glcm``),
-``FourierShape``, ``Shape2D`` and ``Shape3D`` (``medsight.features.shape``), the ones
-``medsight features`` uses too. A descriptor only says which samples a case gives them (its
+``FourierShape``, ``Shape2D`` and ``Shape3D`` (``medsight.features.shape``), which wrap the
+functions ``medsight features`` calls. A descriptor only says which samples a case gives them (its
 planes, or a volume's slices) and how their rows make its vector. ``describe_cases`` hands the
 samples of many cases to each estimator in one ``transform`` call, so ``GLCMTexture`` runs the
 feature maths on stacks of matrices of many cases at once (``glcm_features_batch``). Every number

@@ -7,24 +7,35 @@ follow pyradiomics (a fixed bin width of 25, distance 1), so numbers can be comp
 - ``glcm``: the 24 GLCM statistics inside the mask (the whole image when a case has no mask).
 - ``shape``: pyradiomics' 3D shape features for volumes; for 2D images the 2D shape features plus
   the Fourier descriptors of the largest region's contour. A mask is required.
+- Several kinds (``("glcm", "shape")``): their columns side by side, each file read once.
 
 What a case cannot give is an error naming its file: an empty mask, NaN or infinite values inside
-the mask, a mask that does not match its image. A constant image (one grey level) is not an
-error: its GLCM statistics take pyradiomics' defined values for one grey level.
+the mask (for every kind, although shape reads only the mask), a mask that does not match its
+image. A constant image (one grey level) is not an error: its GLCM statistics take pyradiomics'
+defined values for one grey level.
+
+``extract(..., jobs=N)`` describes the cases in N processes (forked where the platform allows, so
+that nothing is imported twice), in chunks, and gives the rows in the dataset's order: the same
+rows as one process. The numbers come from the functions the scikit-learn estimators wrap
+(``medsight.features.estimators``), without importing scikit-learn.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medsight.data import load_checked
+from medsight.data import imageio, load_checked
 from medsight.data.base import Dataset, Sample
 from medsight.errors import FeatureError, InputError
 
 KINDS = ("glcm", "shape")
+DEFAULT_BIN_WIDTH = 25.0  # pyradiomics' default
 
 
 @dataclass
@@ -34,8 +45,22 @@ class Settings:
     distances: tuple[int, ...] = (1,)
     n_coefficients: int = 16  # Fourier descriptors (2D shape)
 
+    def __post_init__(self):
+        if self.bin_width is None and self.bin_count is None:
+            self.bin_width = DEFAULT_BIN_WIDTH  # the effective value, as the settings file records it
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"glcm"``, ``"shape"`` or ``"glcm,shape"`` as a tuple of kinds, or FeatureError."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds or len(set(kinds)) != len(kinds):
+        raise FeatureError(f"unknown or repeated feature kind in {text!r}; choose from {', '.join(KINDS)}, "
+                           "or several joined by commas (glcm,shape)")
+    return kinds
 
 
 def single_case(image: Path, mask: Path | None) -> Dataset:
@@ -66,58 +91,100 @@ def _stem(path: Path) -> str:
 
 
 def case_arrays(sample: Sample) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
-    """(grey image or volume as float64, mask or None, spacing in mm) of one case."""
+    """(grey image or volume, mask or None, spacing in mm) of one case. Volumes keep their own
+    dtype (int16 HU: the GLCM bins integers faster, to the same levels); 2D images become float64."""
     image, mask, problems = load_checked(sample)
     if problems:
         raise problems[0]
     if image.ndim == 4:  # (1, D, H, W) volume in its own units
-        return image[0].astype(np.float64), mask, tuple(sample.spacing or (1.0, 1.0, 1.0))
+        return image[0], mask, tuple(sample.spacing or (1.0, 1.0, 1.0))
     return image.astype(np.float64).mean(0), mask, (1.0, 1.0)
 
 
-def describe(kind: str, image: np.ndarray, mask: np.ndarray | None, spacing, settings: Settings) -> dict:
-    """Feature name -> value for one case, from the scikit-learn estimators that the recipes'
-    descriptors (``medsight.features.describe``) use too."""
-    if kind == "glcm":
-        from medsight.features.glcm import GLCMTexture
+def describe(kinds: str | tuple[str, ...], image: np.ndarray, mask: np.ndarray | None, spacing,
+             settings: Settings) -> dict:
+    """Feature name -> value for one case, the kinds' columns in order."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if image.dtype.kind == "f":  # the README's contract for every kind: NaN or inf inside the mask is an error
+        inside = image if mask is None else image[np.asarray(mask) != 0]
+        if not np.isfinite(inside).all():
+            raise FeatureError("image has NaN or inf inside the mask")
+    row: dict[str, float] = {}
+    for kind in kinds:
+        row.update(_describe_one(kind, image, mask, spacing, settings))
+    return row
 
-        texture = GLCMTexture(distances=settings.distances, bin_width=settings.bin_width,
-                              bin_count=settings.bin_count)
-        return _row(texture, (image, mask))
+
+def _describe_one(kind: str, image, mask, spacing, settings: Settings) -> dict:
+    if kind == "glcm":
+        from medsight.features.glcm import glcm_features
+
+        return glcm_features(image, mask, distances=settings.distances, bin_width=settings.bin_width,
+                             bin_count=settings.bin_count)
     if kind == "shape":
-        from medsight.features.shape import FourierShape, Shape2D, Shape3D
+        from medsight.features.shape import fourier_descriptors, shape_features_2d, shape_features_3d
 
         if mask is None:
             raise FeatureError("shape features need a mask")
         if mask.ndim == 3:
-            return _row(Shape3D(), (mask, spacing))
-        shape = _row(Shape2D(), (mask, spacing))
-        fourier = _row(FourierShape(n_coefficients=settings.n_coefficients), mask.astype(bool))
-        return {**shape, **{f"Fourier{k}": v for k, v in enumerate(fourier.values())}}
+            return shape_features_3d(mask, spacing)
+        fourier = fourier_descriptors(mask.astype(bool), settings.n_coefficients)
+        return {**shape_features_2d(mask, spacing), **{f"Fourier{k}": float(v) for k, v in enumerate(fourier)}}
     raise FeatureError(f"unknown feature kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def _row(estimator, sample) -> dict:
-    """{feature name: value} of one sample through a fitted-on-the-spot estimator (fitting only
-    checks the settings and names the features)."""
-    estimator.fit(None)
-    return dict(zip(estimator.feature_names_, estimator.transform([sample])[0].tolist()))
+def _describe_case(kinds, settings: Settings, sample: Sample) -> tuple[str, object]:
+    """``("row", {"id", feature...})`` or ``("rejected", (path, problem))`` of one case; plain
+    values, so that they come back from a worker process as they are."""
+    try:
+        image, mask, spacing = case_arrays(sample)
+        values = describe(kinds, image, mask, spacing, settings)
+    except InputError as exc:
+        return "rejected", (exc.path, exc.problem)
+    except FeatureError as exc:
+        mask_file = f" (mask {sample.mask})" if isinstance(sample.mask, Path) else ""
+        return "rejected", (sample.source, f"{exc}{mask_file}")
+    return "row", {"id": sample.id, **{k: float(v) for k, v in values.items()}}
 
 
-def extract(kind: str, dataset: Dataset, settings: Settings, progress=None) -> tuple[list[dict], list[InputError]]:
-    """Rows ``{"id", feature...}`` for every case that can be described, and the rejected cases."""
+def _worker_start(max_pixels: int | None) -> None:
+    imageio.set_max_pixels(max_pixels)  # a spawned worker starts from the default
+
+
+def _results(kinds, dataset: Dataset, settings: Settings, jobs: int):
+    """Each case's result, in the dataset's order."""
+    samples = dataset.samples
+    if jobs <= 1 or len(samples) < 3:
+        for sample in samples:
+            yield _describe_case(kinds, settings, sample)
+        return
+    from functools import partial
+
+    # The first case here, before the fork: the workers then start with its imports done and the
+    # numba kernels loaded (half a second each otherwise).
+    yield _describe_case(kinds, settings, samples[0])
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods and os.name == "posix" else None)
+    rest = samples[1:]
+    jobs = min(jobs, len(rest))
+    chunk = max(1, min(16, len(rest) // (4 * jobs)))  # several chunks a worker: an even finish
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
+                             initargs=(imageio.max_pixels(),)) as pool:
+        yield from pool.map(partial(_describe_case, kinds, settings), rest, chunksize=chunk)
+
+
+def extract(kinds: str | tuple[str, ...], dataset: Dataset, settings: Settings, progress=None,
+            jobs: int = 1) -> tuple[list[dict], list[InputError]]:
+    """Rows ``{"id", feature...}`` for every case that can be described, and the rejected cases;
+    ``jobs`` processes share the cases (the rows are the same as with one)."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    results = _results(kinds, dataset, settings, jobs)
+    if progress is not None:
+        results = progress(results, len(dataset.samples))
     rows, rejected = [], []
-    samples = dataset.samples if progress is None else progress(dataset.samples)
-    for sample in samples:
-        try:
-            image, mask, spacing = case_arrays(sample)
-            values = describe(kind, image, mask, spacing, settings)
-        except InputError as exc:
-            rejected.append(exc)
-            continue
-        except FeatureError as exc:
-            mask_file = f" (mask {sample.mask})" if isinstance(sample.mask, Path) else ""
-            rejected.append(InputError(sample.source, f"{exc}{mask_file}"))
-            continue
-        rows.append({"id": sample.id, **{k: float(v) for k, v in values.items()}})
+    for what, value in results:
+        if what == "row":
+            rows.append(value)
+        else:
+            rejected.append(InputError(*value))
     return rows, rejected

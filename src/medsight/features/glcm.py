@@ -47,8 +47,6 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
 from medsight.errors import FeatureError
 from medsight.features import _glcm_kernels
@@ -381,48 +379,11 @@ def graycoprops(P, prop: str = "contrast") -> np.ndarray:
 # ---------------------------------------------------------------- scikit-learn estimator
 
 
-class GLCMTexture(TransformerMixin, BaseEstimator):
-    """GLCM features as a scikit-learn transformer: images in, (n_samples, n_features) float64 out.
+def __getattr__(name):
+    # GLCMTexture lives in ``estimators`` so that ``medsight features`` does not import
+    # scikit-learn (about a second); ``from medsight.features.glcm import GLCMTexture`` works.
+    if name == "GLCMTexture":
+        from medsight.features.estimators import GLCMTexture
 
-    X is a sequence whose items are an image array or an ``(image, mask)`` pair (2D or 3D, not mixed).
-    Parameters are those of ``glcm_features``; ``features=None`` means all 24 of ``GLCM_FEATURES``.
-    Fitting learns nothing: it checks the parameters and fixes ``feature_names_``.
-    """
-
-    def __init__(self, distances=(1,), directions=None, bin_width=None, bin_count=None, symmetric=True,
-                 features=None, device=None):  # fmt: skip
-        self.distances = distances
-        self.directions = directions
-        self.bin_width = bin_width
-        self.bin_count = bin_count
-        self.symmetric = symmetric
-        self.features = features
-        self.device = device
-
-    def fit(self, X, y=None):
-        _check_distances(self.distances)
-        _check_binning(self.bin_width, self.bin_count)
-        self.feature_names_ = list(_check_features(self.features))
-        self.n_features_out_ = len(self.feature_names_)
-        return self
-
-    def transform(self, X) -> np.ndarray:
-        check_is_fitted(self, "feature_names_")
-        images, masks = [], []
-        for item in X:
-            pair = isinstance(item, (tuple, list)) and len(item) == 2 and np.ndim(item[0]) >= 2
-            images.append(item[0] if pair else item)
-            masks.append(item[1] if pair else None)
-        return glcm_features_batch(images, masks, distances=self.distances, directions=self.directions,
-                                   bin_width=self.bin_width, bin_count=self.bin_count, symmetric=self.symmetric,
-                                   features=self.feature_names_, device=self.device)  # fmt: skip
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False  # X is a sequence of images, not a feature table
-        tags.input_tags.three_d_array = True
-        return tags
-
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        check_is_fitted(self, "feature_names_")
-        return np.asarray(self.feature_names_, dtype=object)
+        return GLCMTexture
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
