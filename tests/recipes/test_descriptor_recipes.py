@@ -146,3 +146,30 @@ def test_fgfv_reads_cnn_weights_instead_of_training(tmp_path):
     assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(tmp_path / "x"), *base,
                  "--set", f"features.fisher.cnn_weights={missing}"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+# -- stacking: a head that learns from some training cases only ------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["mean", "concat"])
+def test_heads_fit_a_limited_descriptor_on_its_rows_only(fusion):
+    from medsight.config import HeadConfig
+    from medsight.features.classifiers import SVMHead
+    from medsight.recipes.heads import Heads
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    described = {"glcm": rng.normal(y[:, None], 1, (40, 3)), "cnn": rng.normal(y[:, None], 1, (40, 4))}
+    back = np.arange(0, 40, 3)  # the cases the network did not learn from
+    heads = Heads(HeadConfig(name="svm", fusion=fusion)).fit(described, y, rows={"cnn": back})
+    new = {k: rng.normal(0, 1, (5, X.shape[1])) for k, X in described.items()}
+    if fusion == "mean":
+        want = {"glcm": SVMHead().fit(described["glcm"], y), "cnn": SVMHead().fit(described["cnn"][back], y[back])}
+        for name, p in heads.probas(new).items():
+            assert np.allclose(p, want[name].predict_proba(new[name])), name
+    else:  # one head on both, from the cases both allow
+        both = np.concatenate([described["glcm"], described["cnn"]], axis=1)
+        want = SVMHead().fit(both[back], y[back])
+        assert np.allclose(heads.probas(new)["all"], want.predict_proba(np.concatenate(list(new.values()), 1)))
+    with pytest.raises(Exception, match="single class"):
+        Heads(HeadConfig(name="svm")).fit(described, y, rows={"cnn": np.arange(0, 40, 2)})
