@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from medsight.cli import main
+from medsight.metrics import binary_metrics
 from medsight.rundir import RunDir
 
 from builders import CONFIGS, write_vois
@@ -50,13 +51,20 @@ def test_lidc_descriptor_recipes_train_predict_evaluate(vois, tmp_path, capsys, 
     state = load_file(str(run / "heads.safetensors"))
     assert {k.split(".")[0] for k in state} == set(heads)
     validation = json.loads((run / "metrics.json").read_text())["validation"]
-    assert 0 <= validation["AUC"] <= 1
     assert main(["predict", str(run), str(vois), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     rows = read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(rows) == 24 and list(rows[0]) == ["id", "p_malignant", "pred"]
     p = np.array([float(r["p_malignant"]) for r in rows])
     assert np.all((p >= 0) & (p <= 1))
-    assert {r["pred"] for r in rows} <= {"benign", "malignant"}
+    # the recorded validation AUC is that of the reloaded run's probabilities of the validation nodules,
+    # and pred follows the threshold the run chose on them
+    truth = {f"{r['patient_id']}_R_{r['nodule_id']}": r["Diagnosis"] == "Malign"
+             for r in read_csv(vois / "MetadatabyNoduleMaxVoting.csv")}
+    val = [i for i, r in enumerate(rows) if r["id"] in set(RunDir(run).split_ids("val"))]
+    y = np.array([truth[rows[i]["id"]] for i in val])
+    assert validation["AUC"] == pytest.approx(binary_metrics(y, p[val])["AUC"], abs=1e-4)
+    threshold = record.thresholds["malignant"]
+    assert [r["pred"] for r in rows] == ["malignant" if q >= threshold else "benign" for q in p]
     capsys.readouterr()
     assert main(["evaluate", str(run), str(vois), "--split", "heldout", "--out", str(tmp_path / "m.json")]) == 0
     heldout = json.loads((tmp_path / "m.json").read_text())
