@@ -143,7 +143,13 @@ def test_a_run_of_the_earlier_layout_predicts_as_before(tmp_path):
     for name in ("run", "old"):
         assert main(["predict", str(tmp_path / name), str(cases), "--out", str(tmp_path / f"pred_{name}"),
                      "--device", "cpu"]) == 0
-    assert (tmp_path / "pred_old" / "predictions.csv").read_text() == \
-        (tmp_path / "pred_run" / "predictions.csv").read_text()
+    import csv
+
+    old_rows, new_rows = (list(csv.DictReader(open(tmp_path / f"pred_{name}" / "predictions.csv")))
+                          for name in ("old", "run"))
+    assert [(r["id"], r["p_malignant"]) for r in old_rows] == [(r["id"], r["p_malignant"]) for r in new_rows]
+    # a layout-1 run chose no threshold: its decisions are at predict.threshold
+    assert [r["pred"] for r in old_rows] == ["malignant" if float(r["p_malignant"]) >= 0.5 else "benign"
+                                             for r in old_rows]
     assert main(["report", str(old), "--out", str(tmp_path / "r.md")]) == 0
     assert "network: best epoch 1 of 1" in (tmp_path / "r.md").read_text()
