@@ -35,6 +35,8 @@ from medsight.features.fisher import FisherVector, fisher_vector, fisher_vectors
 
 OURS = "medsight, batched (fisher_vectors)"
 OURS_ONE = "medsight, per image (fisher_vector)"
+OURS_DENSE = "medsight, batched, min_posterior=0 (skimage's output)"
+OURS_VL = "medsight, batched, min_posterior=1e-6 (VLFeat's output)"
 SKIMAGE = "skimage.feature.fisher_vector, per image"
 VLFEAT = "VLFeat (cyvlfeat), per image"
 
@@ -115,6 +117,9 @@ def main() -> None:
         runs = {
             OURS: lambda xs: fisher_vectors(xs, *gmm),
             OURS_ONE: lambda xs: np.stack([fisher_vector(x, *gmm) for x in xs]),
+            # equal outputs: skimage's definition (every posterior), and VLFeat's (posteriors from 1e-6)
+            OURS_DENSE: lambda xs: fisher_vectors(xs, *gmm, min_posterior=0.0),
+            OURS_VL: lambda xs: fisher_vectors(xs, *gmm, min_posterior=1e-6),
             SKIMAGE: lambda xs: np.stack([sk_fisher_vector(x, sk_gmm, improved=True) for x in xs]),
         }
         try:

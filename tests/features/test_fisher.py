@@ -353,6 +353,24 @@ def test_membership_map_edges():
         membership_map(np.zeros(15), (4, 4), (32, 32))
 
 
+def test_fgfv_validation_names_the_sets_that_score_the_weights():
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(3)
+    sets, y = blobs(rng, 24, k=4, d=3), np.arange(24) % 2
+    params = dict(n_components=4, steps=20, iterations=0, max_iter=20)
+    _, val = train_test_split(np.arange(24), test_size=0.25, stratify=y, random_state=0)
+    mask = np.isin(np.arange(24), val)
+    by_default = ForegroundFisherVector(**params).fit(sets, y).component_weights_
+    for given in (val, mask):  # the default's own split, given as indices or as a mask: the same weights
+        got = ForegroundFisherVector(**params).fit(sets, y, validation=given).component_weights_
+        assert np.allclose(got, by_default, atol=1e-3), (got, by_default)  # (summed in another order)
+    other = ForegroundFisherVector(**params).fit(sets, y, validation=np.flatnonzero(~mask)[:6]).component_weights_
+    assert not np.allclose(other, by_default, atol=1e-2), other
+    with pytest.raises(FeatureError, match="fewer than two classes"):
+        ForegroundFisherVector(**params).fit(sets, y, validation=[0, 2, 4])
+
+
 def test_fgfv_multiclass_and_unlabelled_sets_run():
     rng = np.random.default_rng(3)
     sets = blobs(rng, 30, k=4, d=3)

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from medsight.cli import main
+from medsight.metrics import binary_metrics
 from medsight.rundir import RunDir
 
 from builders import CONFIGS, write_vois
@@ -50,13 +51,20 @@ def test_lidc_descriptor_recipes_train_predict_evaluate(vois, tmp_path, capsys, 
     state = load_file(str(run / "heads.safetensors"))
     assert {k.split(".")[0] for k in state} == set(heads)
     validation = json.loads((run / "metrics.json").read_text())["validation"]
-    assert 0 <= validation["AUC"] <= 1
     assert main(["predict", str(run), str(vois), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     rows = read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(rows) == 24 and list(rows[0]) == ["id", "p_malignant", "pred"]
     p = np.array([float(r["p_malignant"]) for r in rows])
     assert np.all((p >= 0) & (p <= 1))
-    assert {r["pred"] for r in rows} <= {"benign", "malignant"}
+    # the recorded validation AUC is that of the reloaded run's probabilities of the validation nodules,
+    # and pred follows the threshold the run chose on them
+    truth = {f"{r['patient_id']}_R_{r['nodule_id']}": r["Diagnosis"] == "Malign"
+             for r in read_csv(vois / "MetadatabyNoduleMaxVoting.csv")}
+    val = [i for i, r in enumerate(rows) if r["id"] in set(RunDir(run).split_ids("val"))]
+    y = np.array([truth[rows[i]["id"]] for i in val])
+    assert validation["AUC"] == pytest.approx(binary_metrics(y, p[val])["AUC"], abs=1e-4)
+    threshold = record.thresholds["malignant"]
+    assert [r["pred"] for r in rows] == ["malignant" if q >= threshold else "benign" for q in p]
     capsys.readouterr()
     assert main(["evaluate", str(run), str(vois), "--split", "heldout", "--out", str(tmp_path / "m.json")]) == 0
     heldout = json.loads((tmp_path / "m.json").read_text())
@@ -146,3 +154,30 @@ def test_fgfv_reads_cnn_weights_instead_of_training(tmp_path):
     assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(tmp_path / "x"), *base,
                  "--set", f"features.fisher.cnn_weights={missing}"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+# -- stacking: a head that learns from some training cases only ------------------------------------
+
+
+@pytest.mark.parametrize("fusion", ["mean", "concat"])
+def test_heads_fit_a_limited_descriptor_on_its_rows_only(fusion):
+    from medsight.config import HeadConfig
+    from medsight.features.classifiers import SVMHead
+    from medsight.recipes.heads import Heads
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    described = {"glcm": rng.normal(y[:, None], 1, (40, 3)), "cnn": rng.normal(y[:, None], 1, (40, 4))}
+    back = np.arange(0, 40, 3)  # the cases the network did not learn from
+    heads = Heads(HeadConfig(name="svm", fusion=fusion)).fit(described, y, rows={"cnn": back})
+    new = {k: rng.normal(0, 1, (5, X.shape[1])) for k, X in described.items()}
+    if fusion == "mean":
+        want = {"glcm": SVMHead().fit(described["glcm"], y), "cnn": SVMHead().fit(described["cnn"][back], y[back])}
+        for name, p in heads.probas(new).items():
+            assert np.allclose(p, want[name].predict_proba(new[name])), name
+    else:  # one head on both, from the cases both allow
+        both = np.concatenate([described["glcm"], described["cnn"]], axis=1)
+        want = SVMHead().fit(both[back], y[back])
+        assert np.allclose(heads.probas(new)["all"], want.predict_proba(np.concatenate(list(new.values()), 1)))
+    with pytest.raises(Exception, match="single class"):
+        Heads(HeadConfig(name="svm")).fit(described, y, rows={"cnn": np.arange(0, 40, 2)})

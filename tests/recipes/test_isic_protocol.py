@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from medsight.cli import main
 from medsight.data.base import Task
@@ -81,3 +82,33 @@ def test_one_vs_rest_names_must_be_classes(tmp_path):
     with pytest.raises(ConfigError, match="psoriasis"):
         RECIPES["classification"](cfg).train(RunDir(tmp_path / "run"), device="cpu")
     assert not (tmp_path / "run").exists()
+
+
+class CentreProbe(torch.nn.Module):
+    """A "classifier" whose logits are (0, x + 2y) at the centre of its input: on the ramp image
+    below, a crop's centre is where the crop sits, so each crop's probability is known."""
+
+    def forward(self, x):
+        h, w = x.shape[2:]
+        centre = x[:, :, h // 2 - 1:h // 2 + 1, w // 2 - 1:w // 2 + 1].mean((2, 3))  # (B, 2)
+        z = centre[:, 0] + 2 * centre[:, 1]
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+@pytest.mark.parametrize("fraction", [0.8, 0.6])
+def test_nine_crop_average_by_value(fraction):
+    cfg = parse_config({"recipe": "classification", "model": {"name": "resnet18"},
+                        "predict": {"crops": 9, "crop_fraction": fraction}})
+    recipe = RECIPES["classification"](cfg)
+    recipe.model_ = CentreProbe()
+    n = 32  # channel 0: the normalised x coordinate of each pixel centre, channel 1: y
+    u = (torch.arange(n) + 0.5) * 2 / n - 1
+    ramp = torch.stack([u.expand(n, n), u[:, None].expand(n, n)])[None]
+    got = recipe.forward(ramp)[0, 1].item()
+    # the 3x3 grid of crops centred at offsets -(1 - f), 0, 1 - f in x and y (grid_crops)
+    offsets = [-(1 - fraction), 0.0, 1 - fraction]
+    want = np.mean([1 / (1 + np.exp(-(dx + 2 * dy))) for dy in offsets for dx in offsets])
+    assert got == pytest.approx(want, abs=1e-6)
+    single = RECIPES["classification"](parse_config({"recipe": "classification", "model": {"name": "resnet18"}}))
+    single.model_ = recipe.model_
+    assert single.forward(ramp)[0, 1].item() == pytest.approx(0.5, abs=1e-6)  # one crop, centred: z = 0

@@ -23,7 +23,10 @@ class ForegroundFisherVector(FisherVector):
     fit(X, y) fits the GMM (on all sets; y = -1 marks an unlabelled set, used for the GMM only),
     encodes, and learns a weight c_l >= 0 per Gaussian that maximises a smooth surrogate of the
     validation accuracy of a linear SVM (sklearn LinearSVC with `C`, one-vs-rest) on the
-    re-weighted codes. A stratified `val_fraction` of the labelled sets is held out; the
+    re-weighted codes. fit(X, y, validation=...) names the labelled sets that score the weights
+    (a boolean mask or indices; e.g. cases the network that made the descriptors did not learn
+    from, so that the weights are chosen for new cases); without it a stratified `val_fraction`
+    of the labelled sets is held out at random; the
     surrogate is the mean over them of tanh(margin) (binary: y * decision value; multiclass:
     the true class's score minus the best other's). Adam (torch, float64, full batch) runs
     `steps` steps from the same start for each rate in `lrs`, projecting onto c >= 0 after each
@@ -69,7 +72,7 @@ class ForegroundFisherVector(FisherVector):
         tags.target_tags.required = True
         return tags
 
-    def fit(self, X, y):
+    def fit(self, X, y, validation=None):
         from sklearn.model_selection import train_test_split
 
         sets = _as_sets(X, check_finite=True)
@@ -77,11 +80,18 @@ class ForegroundFisherVector(FisherVector):
         if y.shape != (len(sets),):
             raise FeatureError(f"y has shape {y.shape}, expected one label per set ({len(sets)})")
         labelled = np.flatnonzero(y != -1) if y.dtype.kind in "iuf" else np.arange(len(y))
-        try:
-            train, val = train_test_split(labelled, test_size=self.val_fraction,
-                                          stratify=y[labelled], random_state=self.random_state)
-        except ValueError as err:
-            raise FeatureError(f"cannot hold out a stratified validation part: {err}") from None
+        if validation is not None:
+            chosen = np.zeros(len(sets), bool)
+            chosen[np.asarray(validation)] = True
+            train, val = labelled[~chosen[labelled]], labelled[chosen[labelled]]
+            if len(np.unique(y[val])) < 2:
+                raise FeatureError("the validation sets that score the foreground weights hold fewer than two classes")
+        else:
+            try:
+                train, val = train_test_split(labelled, test_size=self.val_fraction,
+                                              stratify=y[labelled], random_state=self.random_state)
+            except ValueError as err:
+                raise FeatureError(f"cannot hold out a stratified validation part: {err}") from None
         if len(np.unique(y[train])) < 2:
             raise FeatureError("the foreground Fisher vector needs at least two labelled classes")
         self.filters_ = []

@@ -17,7 +17,7 @@ from rich.console import Console
 from medsight.config import RecipeConfig
 from medsight.data import GENERATED, open_dataset
 from medsight.data.base import Dataset, Sample, Task
-from medsight.data.splits import split_samples
+from medsight.data.splits import holdout_indices, split_samples
 from medsight.engine.distributed import broadcast_object, gather_objects, world
 from medsight.errors import InputError, MedsightError
 from medsight.io import write_csv, write_new_folder
@@ -51,6 +51,16 @@ def labelled_cases(dataset: Dataset, task: Task | None) -> list[Sample]:
 def label_stratum(task: Task | None, sample: Sample) -> int:
     """The class a case is stratified by when validation (or a fold) is split off."""
     return task.label_of(sample.diagnosis) if task and sample.diagnosis is not None else 0
+
+
+def held_back(data: TrainingData, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held back) positions of the training cases: about ``fraction`` of their patients,
+    stratified by label, held back from a network, so that what a recipe fits on the network's
+    outputs (a head, fgFV's foreground weights) is fitted on cases the network did not learn from."""
+    by_id = {s.id: s for s in data.split["train"]}
+    groups = [by_id[i].patient_id or i for i in data.train.ids]
+    kept, back = holdout_indices(data.train.labels.numpy(), groups, fraction, seed)
+    return kept.tolist(), back.tolist()
 
 
 # -- before training ------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ configs of it: 3D GLCM + SVM, multi-view features + SVM.
   (:mod:`medsight.features.describe`); sizes in mm where the preprocessor fixes the pixel size
 - the classifier: ``head.name`` (``svm``, ``boosted_mlp``) with ``head.options``; several
   descriptors decide by ``head.fusion`` (``mean``, ``vote``, ``concat``)
-- the decision: ``predict.threshold`` (binary), ``predict.one_vs_rest`` as the classification recipe
+- the decision: a threshold chosen on the validation cases (``predict.decision``) and
+  ``predict.one_vs_rest``, as the classification recipe
 - files: ``heads.safetensors`` (the fitted heads as arrays) and ``validation_roc.png``
 """
 

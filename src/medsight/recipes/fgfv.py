@@ -13,6 +13,15 @@ Two stages on whole images (no masks needed):
    classifier's validation accuracy, pruning background descriptors and re-estimating). Then a
    linear SVM on the codes (``head``, C = 10 as the author code).
 
+Where the foreground weights are scored (``features.fisher.weight_cases``): ``held_back`` (the
+default) holds ``val_fraction`` (0.25) of the training patients back from the CNN, and the
+weights maximise the accuracy on those cases of an SVM fitted on the CNN's own training cases, as
+they will be used on new cases; ``seen`` scores them on a random quarter of the CNN's training
+cases (the author code's protocol, where the CNN had not been trained on them; here it has, so
+the weights are chosen on codes better separated than new cases' will be). With
+``cnn_weights``, the same cases are held back, so a CNN read from a ``held_back`` run of the same
+data, folds and seed did not see them.
+
 With ``fgfv``, ``predict`` writes each case's membership map (how much each place belongs to the
 class-relevant foreground, from the scale-1 descriptor grid) to ``maps/<id>.png`` and its overlay
 to ``overlays/<id>.png``.
@@ -41,12 +50,13 @@ from medsight.features.fisher import FisherVector
 from medsight.features.foreground import ForegroundFisherVector, membership_map
 from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
+from medsight.recipes.common import (finish_run, held_back, label_stratum, labelled_cases, load_cases,
+                                     start_training)
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
                                       read_network, restore_network)
-from medsight.recipes.prepare import Loaded
+from medsight.recipes.prepare import Loaded, subset
 from medsight.rundir import RunDir, RunRecord
 
 ENCODERS = {"FisherVector": FisherVector, "ForegroundFisherVector": ForegroundFisherVector}
@@ -61,6 +71,7 @@ class FisherFeatures(Section):
     n_components: int = Field(64, ge=1)
     scales: list[float] = Field(default_factory=lambda: [1.0])
     cnn_weights: str | None = None  # read the CNN from this file instead of training it
+    weight_cases: Literal["held_back", "seen"] = "held_back"  # fgfv: cases the CNN did not / did learn from
     max_descriptors: int | None = None
     reg_covar: float | None = None
     max_iter: int | None = None
@@ -75,7 +86,7 @@ class FisherFeatures(Section):
     svm_refits: int | None = None
 
     def encoder(self, seed: int):
-        own = {"encoding", "n_components", "scales", "cnn_weights"}
+        own = {"encoding", "n_components", "scales", "cnn_weights", "weight_cases"}
         params = {"n_components": self.n_components, "random_state": seed,
                   **{k: v for k, v in self.model_dump().items() if k not in own and v is not None}}
         if self.encoding == "fgfv":
@@ -159,14 +170,20 @@ class Fisher:
 
         torch.manual_seed(cfg.seed)
         self.model_ = build_network(cfg, record.input, len(data.task.classes))
+        back = None  # the training cases the CNN does not learn from, which score the foreground weights
+        cnn_cases = data.train
+        if opts.encoding == "fgfv" and opts.weight_cases == "held_back":
+            kept, back = held_back(data, opts.val_fraction or 0.25, cfg.seed)
+            cnn_cases = subset(data.train, kept)
+            self.console.print(f"CNN: {len(kept)} training cases; {len(back)} held back for the foreground weights")
         if opts.cnn_weights:
             record = read_network(run, record, "cnn", self.model_, Path(opts.cnn_weights), self.device_, self.console)
         else:
-            weight = class_weights(data.train.labels, len(data.task.classes)) \
+            weight = class_weights(cnn_cases.labels, len(data.task.classes)) \
                 if cfg.train.class_weights == "balanced" else None
             step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
                                   lambda params: make_optimizer(cfg.train, params))
-            record = fit_network(run, record, "cnn", step, data.train, data.val, cfg, self.device_, self.console,
+            record = fit_network(run, record, "cnn", step, cnn_cases, data.val, cfg, self.device_, self.console,
                                  callbacks)
 
         descriptors, _ = self.local_descriptors(data.train)
@@ -175,7 +192,7 @@ class Fisher:
                            f"{sum(len(d) for d in descriptors)} descriptors of {len(descriptors)} cases")
         y = data.train.labels.numpy()
         if opts.encoding == "fgfv":  # the foreground weights are learnt for the labels
-            self.encoder_.fit(descriptors, y)
+            self.encoder_.fit(descriptors, y, validation=back)
         else:
             self.encoder_.fit(descriptors)
         train = {"fisher": self.encoder_.transform(descriptors)}

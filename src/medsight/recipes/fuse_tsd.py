@@ -13,6 +13,15 @@ Two stages on nodule volumes (``data.preprocess: nodule_crop``), each case with 
    (methods.md leaves slice aggregation open); one ``head`` per descriptor (``boosted_mlp`` in the
    paper), fused by ``head.fusion``.
 
+Stacking (``features.cnn.head_cases``): the CNN descriptor's head must learn from CNN features of
+nodules the CNN did not train on, or it learns that the features are perfect (on its own training
+nodules they nearly are). ``held_back`` (the default) trains the CNN on the training nodules but
+``features.cnn.held_back`` (0.25) of their patients and fits the CNN head on those held back; the
+hand-crafted heads learn from every training nodule. ``seen`` trains the CNN on every training
+nodule and fits its head on them (the earlier protocol). With ``features.cnn.weights`` the same
+nodules are held back, so a CNN read from a ``held_back`` run of the same data, folds and seed
+did not see them.
+
 Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
 ``heads.safetensors``, ``validation_roc.png``.
 """
@@ -35,13 +44,14 @@ from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
+from medsight.recipes.common import (finish_run, held_back, label_stratum, labelled_cases, load_cases,
+                                     start_training)
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
                                       read_network, restore_network)
-from medsight.recipes.prepare import Loaded
+from medsight.recipes.prepare import Loaded, subset
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
 
@@ -50,6 +60,8 @@ class CNNFeatures(Section):
 
     min_pixels: int = Field(3, ge=1)  # a slice with fewer mask pixels is not the nodule's
     weights: str | None = None  # read the CNN from this file instead of training it
+    head_cases: Literal["held_back", "seen"] = "held_back"  # nodules the CNN head learns from (docstring)
+    held_back: float = Field(0.25, gt=0, lt=1)  # share of the training patients held back from the CNN
 
 
 class FuseTSDConfig(NetworkConfig):
@@ -135,10 +147,16 @@ class FuseTSD:
 
         torch.manual_seed(cfg.seed)
         self.model_ = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
+        cnn_cases, rows = data.train, {}
+        if cnn.head_cases == "held_back":
+            kept, back = held_back(data, cnn.held_back, cfg.seed)
+            cnn_cases, rows = subset(data.train, kept), {"cnn": back}
+            self.console.print(f"slice CNN: {len(kept)} training nodules; its head learns from the {len(back)} "
+                               "held back from it")
         if cnn.weights:
             record = read_network(run, record, "cnn", self.model_, Path(cnn.weights), self.device_, self.console)
         else:
-            train_slices, _ = nodule_slices(data.train, cnn.min_pixels)
+            train_slices, _ = nodule_slices(cnn_cases, cnn.min_pixels)
             val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
             self.console.print(f"slice CNN: {len(train_slices.ids)} training, {len(val_slices.ids)} validation slices")
             weight = class_weights(train_slices.labels, len(data.task.classes)) \
@@ -152,7 +170,7 @@ class FuseTSD:
         (train, names), (val, _) = describe(data.train, descriptors), describe(data.val, descriptors)
         record, self.heads_, val_proba = descriptor_stage(
             run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(),
-            cfg.predict, self.console, fitted={"feature_names": names})
+            cfg.predict, self.console, fitted={"feature_names": names}, rows=rows)
         plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
         thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba, cfg.predict, self.console)
         self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,

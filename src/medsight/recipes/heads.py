@@ -111,9 +111,18 @@ class Heads:
             return {"all": np.concatenate(list(described.values()), axis=1)}
         return dict(described)
 
-    def fit(self, described: Mapping[str, np.ndarray], y: np.ndarray) -> Heads:
-        self.heads_ = {name: HEADS[self.head.name](**self.head.options).fit(X, y)
-                       for name, X in self.inputs(described).items()}
+    def fit(self, described: Mapping[str, np.ndarray], y: np.ndarray, rows: Mapping[str, Any] = {}) -> Heads:
+        """Fit each head; ``rows`` limits a descriptor's head to some training cases (positions),
+        e.g. those the network that made the descriptor did not learn from (with ``concat``, the
+        one head learns from the cases every limited descriptor allows)."""
+        if self.head.fusion == "concat" and rows:
+            rows = {"all": sorted(set.intersection(*(set(map(int, r)) for r in rows.values())))}
+        self.heads_ = {}
+        for name, X in self.inputs(described).items():
+            keep = np.asarray(rows[name]) if name in rows else slice(None)
+            if len(np.unique(y[keep])) < 2:
+                raise InputError(name, "the training cases of this descriptor's head hold a single class")
+            self.heads_[name] = HEADS[self.head.name](**self.head.options).fit(X[keep], y[keep])
         return self
 
     def probas(self, described: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,15 +158,17 @@ class Heads:
 def descriptor_stage(run: RunDir, record: RunRecord, stage: str, head: HeadConfig,
                      train: Mapping[str, np.ndarray], y_train: np.ndarray, val: Mapping[str, np.ndarray],
                      y_val: np.ndarray, predict: PredictConfig, console: Console, fitted: Mapping[str, Any] = {},
-                     arrays: Mapping[str, np.ndarray] = {}) -> tuple[RunRecord, Heads, np.ndarray]:
+                     arrays: Mapping[str, np.ndarray] = {}, rows: Mapping[str, Any] = {}
+                     ) -> tuple[RunRecord, Heads, np.ndarray]:
     """Fit the heads on the training cases' descriptors, score the validation cases, and save the
-    stage (with the recipe's other ``fitted`` estimators and their ``arrays``). The stage is the
+    stage (with the recipe's other ``fitted`` estimators and their ``arrays``; ``rows``: see
+    :meth:`Heads.fit`). The stage is the
     last of its recipe and takes seconds to minutes, so an interrupted run fits it again.
     Returns the record, the heads and the fused validation probabilities."""
     task = record.task
     if len(np.unique(y_train)) < 2:
         raise InputError(record.data.root, "the training cases hold a single class")
-    heads = Heads(head).fit(train, y_train)
+    heads = Heads(head).fit(train, y_train, rows)
     probas = heads.probas(val)
     proba = heads.fuse(probas)
     metrics = task_metrics(task, y_val, proba, predict.threshold, one_vs_rest_classes(predict.one_vs_rest, task))

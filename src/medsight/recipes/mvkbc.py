@@ -24,7 +24,8 @@ weighting of the views into one sigmoid. Stages:
 - augmentation (``augment.*``) per ``mvkbc.augment_unit``: ``patch`` (default: every patch its own
   rotation, flips and shift, as the authors augmented each patch image separately), ``view`` (a
   view's three patches together) or ``nodule`` (all 27 alike).
-- the decision: ``predict.threshold`` on the malignancy probability; the best epoch: validation AUC.
+- the decision: a threshold on the malignancy probability chosen on the validation nodules
+  (``predict.decision``, as the classification recipe); the best epoch: validation AUC.
 - ``predict --maps gradcam``: each view's Grad-CAM for the fused prediction (the sum over its
   patch streams), the views tiled left to right over their OA patches in ``maps/<id>.png``.
 - the label rule: the reader's ``data.options.label_rule`` (``diagnosis``, the CSV's consensus,
