@@ -75,25 +75,32 @@ def at_thresholds(result: dict, run_dir: Path, data: Path) -> tuple[dict, dict]:
     return threshold_metrics(run_dir, data), result["metrics"]
 
 
-def threshold_metrics(run_dir: Path, data: Path) -> dict:
-    """Binary metrics of a fold run's held-out cases at the threshold chosen on its own validation
-    cases (Youden's J), for runs that did not store one."""
+def fold_predictions(run_dir: Path, data: Path):
+    """A fold run's restored recipe and, for its validation and held-out cases, ``(labels,
+    predictions)`` (the labels in the order of the predicted cases)."""
     from medsight.data import open_dataset
-    from medsight.metrics import binary_metrics
-    from medsight.metrics.thresholds import youden_threshold
     from medsight.recipes import load_recipe
 
     recipe = load_recipe(run_dir, device="cpu")
     run = RunDir(run_dir)
     dataset = open_dataset(data, format=recipe.cfg.data.format, **recipe.cfg.data.options)
-    task = recipe.record_.task
-    scores = {}
+    parts = {}
     for part in ("val", "heldout"):
         ids = set(run.split_ids(part))
         subset = dataclasses.replace(dataset, samples=[s for s in dataset.samples if s.id in ids])
         preds = recipe.predict(subset)
         by_id = {s.id: s for s in subset.samples}
-        y = np.array([task.label_of(by_id[i].diagnosis) for i in preds.loaded.ids])
-        scores[part] = (y, preds.outputs.numpy()[:, 1])
+        parts[part] = (np.array([recipe.record_.task.label_of(by_id[i].diagnosis) for i in preds.loaded.ids]), preds)
+    return recipe, parts
+
+
+def threshold_metrics(run_dir: Path, data: Path) -> dict:
+    """Binary metrics of a fold run's held-out cases at the threshold chosen on its own validation
+    cases (Youden's J), for runs that did not store one."""
+    from medsight.metrics import binary_metrics
+    from medsight.metrics.thresholds import youden_threshold
+
+    _, parts = fold_predictions(run_dir, data)
+    scores = {part: (y, preds.outputs.numpy()[:, 1]) for part, (y, preds) in parts.items()}
     threshold = youden_threshold(*scores["val"])
     return {**binary_metrics(*scores["heldout"], threshold=threshold), "threshold": threshold}

@@ -8,18 +8,14 @@ The decision belongs to the validation column; the held-out one is only read alo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.cv_common import ROOT
-from medsight.data import open_dataset
-from medsight.recipes import load_recipe
+from benchmarks.cv_common import ROOT, fold_predictions
 from medsight.recipes.network import eval_batches
-from medsight.rundir import RunDir
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -30,17 +26,10 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def fold_aucs(run_dir: Path, data: Path) -> dict[str, tuple[float, float]]:
     """{part: (plain AUC, averaged AUC)} for the run's validation and held-out cases."""
-    recipe = load_recipe(run_dir, device="cpu")
-    run = RunDir(run_dir)
-    dataset = open_dataset(data, format=recipe.cfg.data.format, **recipe.cfg.data.options)
-    task, model = recipe.record_.task, recipe.model_.eval()
+    recipe, parts = fold_predictions(run_dir, data)
+    model = recipe.model_.eval()
     result = {}
-    for part in ("val", "heldout"):
-        ids = set(run.split_ids(part))
-        subset = dataclasses.replace(dataset, samples=[s for s in dataset.samples if s.id in ids])
-        preds = recipe.predict(subset)
-        by_id = {s.id: s for s in subset.samples}
-        y = np.array([task.label_of(by_id[i].diagnosis) for i in preds.loaded.ids])
+    for part, (y, preds) in parts.items():
         logits = []
         with torch.no_grad():
             for k in range(8):

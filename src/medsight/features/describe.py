@@ -68,7 +68,7 @@ class GLCMOptions(Section):
 
     def estimator(self, ndim: int):
         """The fitted ``GLCMTexture`` (the same for 2D and 3D planes)."""
-        from medsight.features.glcm import GLCMTexture
+        from medsight.features.estimators import GLCMTexture
 
         return GLCMTexture(distances=self.distances, bin_width=self.bin_width,
                            bin_count=None if self.bin_width else self.bin_count, features=self.features).fit(None)
@@ -92,7 +92,7 @@ class FourierOptions(Section):
 
     def estimator(self, ndim: int):
         """The fitted ``FourierShape`` (contours are 2D whatever the layout)."""
-        from medsight.features.shape import FourierShape
+        from medsight.features.estimators import FourierShape
 
         return FourierShape(n_coefficients=self.n_coefficients).fit(None)
 
@@ -121,7 +121,7 @@ class ShapeOptions(Section):
 
     def estimator(self, ndim: int):
         """The fitted ``Shape3D`` for volumes, ``Shape2D`` for planes."""
-        from medsight.features.shape import Shape2D, Shape3D
+        from medsight.features.estimators import Shape2D, Shape3D
 
         return (Shape3D if ndim == 3 else Shape2D)(features=self.features or None).fit(None)
 

@@ -58,12 +58,13 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes, task_metrics)
 from medsight.recipes.common import finish_run, label_stratum, labelled_cases, load_cases, start_training
 from medsight.recipes.interface import CAM_METHODS, Predictions
-from medsight.recipes.mbdcnn_parts import (SEG_METRICS, SegmentationStep, localisation_maps, segmentation_loss,
+from medsight.recipes.mbdcnn_parts import (SegmentationStep, localisation_maps, segmentation_loss,
                                            segmentation_tta, stage_batches, stage_stream)
 from medsight.recipes.mbdcnn_sources import (coarse_input, coarse_source, kept_masks, pixel_labelled, predict_batches,
                                              read_coarse, renormalise)
 from medsight.recipes.network import class_weights, crop_average, fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded
+from medsight.recipes.segmentation import SEG_METRICS
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
 STAGES = ("coarse", "maskcn", "enhanced")
@@ -285,7 +286,8 @@ class MBDCNN:
                                             "pixel_labelled": {"train": len(seg_train.ids), "val": len(seg_val.ids)}}))
         validation = {(k if name == "maskcn" else f"{name} {k}"): v for name in STAGES if name in record.stages
                       for k, v in record.stage(name).validation.items() if k not in TRAINING_LOGS}
-        val_proba = predict_batches(data.val, record.input, self.forward, self.device_)["proba"].numpy()
+        val_proba = predict_batches(data.val, record.input, lambda x: {"proba": self.classify(x)[2]},
+                                    self.device_)["proba"].numpy()
         thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba, cfg.predict, self.console)
         self.record_ = finish_run(run, record, validation, None, time.perf_counter() - started, self.device_,
                                   self.console, thresholds)
@@ -308,20 +310,26 @@ class MBDCNN:
 
     # -- predicting --------------------------------------------------------------------------------
     @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a normalised batch: coarse-SN's foreground probabilities, mask-CN's input and its
+        class probabilities (over crops)."""
+        p = self.cfg.predict
+        self.coarse_.eval()
+        self.maskcn_.eval()
+        coarse = self.coarse_probs(x)
+        x4 = self.maskcn_input({"x": x, "coarse": (coarse >= p.threshold).float()}, x.device)
+        return coarse, x4, crop_average(x4, lambda t: self.maskcn_(t).float().softmax(1), p.crops, p.crop_fraction)
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Everything MB-DCNN says about a normalised batch: coarse and final foreground
         probabilities, class probabilities (over crops) and localisation maps."""
         p = self.cfg.predict
-        for model in (self.coarse_, self.maskcn_, self.enhanced_):
-            if model is not None:
-                model.eval()
-        coarse = self.coarse_probs(x)
-        batch = {"x": x, "coarse": (coarse >= p.threshold).float()}
-        x4 = self.maskcn_input(batch, x.device)
-        proba = crop_average(x4, lambda t: self.maskcn_(t).float().softmax(1), p.crops, p.crop_fraction)
+        coarse, x4, proba = self.classify(x)
         maps = localisation_maps(self.maskcn_, x4)
         seg = coarse
         if self.enhanced_ is not None:
+            self.enhanced_.eval()
             guide = F.interpolate(maps, size=x.shape[2:], mode="bilinear", align_corners=False)
             seg = segmentation_tta(torch.cat([x, guide], 1),
                                    lambda z: torch.sigmoid(self.enhanced_(z[:, :-1], z[:, -1:]).float()),

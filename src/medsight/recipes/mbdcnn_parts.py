@@ -24,11 +24,9 @@ import torch.nn.functional as F
 
 from medsight.engine import Stream
 from medsight.engine.streams import batch_indices
-from medsight.metrics import segmentation_metrics, summarize_repeats
 from medsight.recipes.prepare import Loaded, normalise
+from medsight.recipes.segmentation import mask_scores, mask_validation_metrics
 from medsight.transforms.augment import augment_batch
-
-SEG_METRICS = ("JA", "DI", "AC", "SE", "SP")
 
 
 # -- the loss ------------------------------------------------------------------------------------------
@@ -138,15 +136,10 @@ class SegmentationStep:
     def validation_step(self, batch, device):
         logits = self.logits(batch, device).float()
         loss = self.loss(logits, batch["mask"].to(device))[0].item() * len(logits)
-        pred = (logits.sigmoid() >= self.threshold).squeeze(1).cpu().numpy()
-        truth = batch["mask"].squeeze(1).numpy() > 0
-        return [segmentation_metrics(p, t) for p, t in zip(pred, truth)], loss
+        return mask_scores(logits, batch["mask"], self.threshold), loss
 
     def validation_metrics(self, outputs):
-        per_image = [m for o in outputs for m in o[0]]
-        summary = summarize_repeats(per_image)
-        return {"val_loss": sum(o[1] for o in outputs) / max(len(per_image), 1),
-                **{k: summary[k]["mean"] for k in SEG_METRICS}}
+        return mask_validation_metrics(outputs)
 
 
 # -- test-time averaging -----------------------------------------------------------------------------------

@@ -71,15 +71,26 @@ class SegmenterStep:
     def validation_step(self, batch, device):
         logits = self.models["model"](batch["x"].to(device)).float()
         loss = self.loss(logits, batch["mask"].to(device)).item() * len(logits)
-        pred = (logits.sigmoid() >= self.threshold).squeeze(1).cpu().numpy()
-        truth = batch["mask"].squeeze(1).numpy() > 0
-        return [segmentation_metrics(p, t) for p, t in zip(pred, truth)], loss
+        return mask_scores(logits, batch["mask"], self.threshold), loss
 
     def validation_metrics(self, outputs):
-        per_image = [m for o in outputs for m in o[0]]
-        summary = summarize_repeats(per_image)
-        return {"val_loss": sum(o[1] for o in outputs) / len(per_image),
-                **{k: summary[k]["mean"] for k in SEG_METRICS}}
+        return mask_validation_metrics(outputs)
+
+
+def mask_scores(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> list[dict]:
+    """Per image: the segmentation metrics of ``sigmoid(logits) >= threshold`` against ``masks``
+    (both (B, 1, H, W))."""
+    pred = (logits.sigmoid() >= threshold).squeeze(1).cpu().numpy()
+    truth = masks.squeeze(1).numpy() > 0
+    return [segmentation_metrics(p, t) for p, t in zip(pred, truth)]
+
+
+def mask_validation_metrics(outputs: list[tuple[list[dict], float]]) -> dict[str, float]:
+    """The validation steps' ``(per-image metrics, summed loss)`` as the mean loss and metrics per image."""
+    per_image = [m for o in outputs for m in o[0]]
+    summary = summarize_repeats(per_image)
+    return {"val_loss": sum(o[1] for o in outputs) / max(len(per_image), 1),
+            **{k: summary[k]["mean"] for k in SEG_METRICS}}
 
 
 class Segmentation:
