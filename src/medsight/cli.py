@@ -26,12 +26,18 @@ def _default_run_dir(config: Path) -> Path:
     return Path("runs") / f"{config.stem}-{stamp}"
 
 
-def _open_input(inputs: tuple[str, ...], fmt: str | None):
-    from medsight.data import open_dataset
+def _open_input(inputs: tuple[str, ...], fmt: str | None, recipe=None):
+    """The INPUT dataset. Input in the layout ``recipe``'s run was trained on is read with the run's
+    reader options (e.g. LIDC's ``label_rule``), so its labels mean what they meant in training."""
+    from medsight.data import detect_format, open_dataset
 
     if not inputs:
         raise click.UsageError("give an INPUT: a dataset root, a folder of images or image files")
-    return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt)
+    options = {}
+    if recipe is not None and recipe.cfg.data.options and len(inputs) == 1:
+        if (fmt or detect_format(inputs[0])) == recipe.record_.data.format:
+            options = dict(recipe.cfg.data.options)
+    return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt, **options)
 
 
 @contextlib.contextmanager
@@ -144,7 +150,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
-    dataset = _open_input(inputs, fmt)
+    dataset = _open_input(inputs, fmt, recipe)
     preds = predict_shared(recipe, dataset)
     if not w.is_main:  # rank 0 writes what all the processes predicted
         return
@@ -180,7 +186,7 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
     check_writable(out or run_dir)  # before the work, not after it
     run = RunDir(run_dir)
-    dataset = _restrict(_open_input(inputs, fmt), split, run)
+    dataset = _restrict(_open_input(inputs, fmt, recipe), split, run)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
     preds = predict_shared(recipe, dataset, need_masks=recipe.needs_masks)
     if not w.is_main:  # rank 0 writes what all the processes predicted

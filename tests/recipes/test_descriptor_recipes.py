@@ -181,3 +181,33 @@ def test_heads_fit_a_limited_descriptor_on_its_rows_only(fusion):
         assert np.allclose(heads.probas(new)["all"], want.predict_proba(np.concatenate(list(new.values()), 1)))
     with pytest.raises(Exception, match="single class"):
         Heads(HeadConfig(name="svm")).fit(described, y, rows={"cnn": np.arange(0, 40, 2)})
+
+
+def test_predict_and_evaluate_read_the_input_with_the_runs_label_rule(tmp_path, capsys):
+    """A run trained with the rating rule is scored on rating labels: rating-3 nodules left out and
+    ratings, not the Diagnosis column, as the truth (they disagree here on purpose)."""
+    data = write_vois(tmp_path / "vois")
+    table = data / "MetadatabyNoduleMaxVoting.csv"
+    rows = read_csv(table)
+    for row in rows[::4]:
+        row["Malignancy_value"] = 3
+    for row in rows[1::4]:
+        row["Diagnosis"] = "Benign" if row["Diagnosis"] == "Malign" else "Malign"  # the ratings still follow size
+    with open(table, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = tmp_path / "run"
+    assert main(["train", str(CONFIGS / "lidc_voi_glcm3d_svm.yaml"), "--data", str(data), "--out", str(run),
+                 "--set", "data.image_size=[16,16,16]", "--set", "data.options.label_rule=malignancy",
+                 "--set", "predict.decision=fixed", *SMALL]) == 0
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    predicted = {r["id"]: float(r["p_malignant"]) for r in read_csv(tmp_path / "pred" / "predictions.csv")}
+    rated = {f"{r['patient_id']}_R_{r['nodule_id']}": int(r["Malignancy_value"]) > 3
+             for r in rows if int(r["Malignancy_value"]) != 3}
+    assert set(predicted) == set(rated)
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    ids = sorted(rated)
+    want = binary_metrics(np.array([rated[i] for i in ids]), np.array([predicted[i] for i in ids]))
+    assert result["n"] == len(rated) and result["metrics"]["AUC"] == pytest.approx(want["AUC"], abs=1e-6)
