@@ -28,7 +28,11 @@ Weights from a local file (:func:`medsight.models.pretrained.load_pretrained`): 
 conv_dw`` ...; ``head.fc`` becomes ``fc``), and :meth:`XceptionClassifier.foreign_key` maps the
 MB-DCNN authors' DeepLab backbone (``backbone.conv1`` ..., ``blockN.sepconvK.depthwise``,
 ``blockN.skip`` / ``skipbn``, the exit convolutions ``conv3..conv5``). Batch norms use TF's epsilon
-1e-3, as those weights were trained with.
+1e-3, as those weights were trained with. Two differences from the authors' code: their middle-flow
+shortcut adds the block's input after the first ReLU (an in-place ReLU reaches it), here the input
+itself as in TF DeepLab; and their mask-CN is Chollet's original Xception (max pooling, 8 middle
+blocks, dilated exit flow), whose checkpoints do not fit this layout, where ``xception`` with
+``output_stride: 16`` stands in for it.
 """
 
 from __future__ import annotations
