@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 5 in one call on a lent GPU machine (results in benchmarks/RESULTS.md):
 #
-#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic] [mvkbc]    (no argument: all but mvkbc)
+#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic] [mvkbc] [mbdcnn]
+#   (no argument: all but mvkbc and mbdcnn)
 #
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
 # ResNet-50 (images/s and GPU kernel time, batch 64 and 256), eager and with the fused Triton
@@ -13,6 +14,12 @@
 # mvkbc: MVKBC_CONFIG (default configs/lidc_voi_mvkbc_paper.yaml) on folds MVKBC_FOLDS (default 0) of the
 # 10-fold LIDC benchmark, next to the diameter on the same folds (benchmarks/lidc_cv.py), cut off after
 # MVKBC_SECONDS (default 480; finished folds are kept); needs .gpu_data/lidc_vois (22 MB).
+# mbdcnn: MB-DCNN at the paper's size (configs/ph2_mbdcnn_paper.yaml: aligned Xception-65 encoders, 224 px,
+# 100 epochs a stage) on PH2 fold 0 of benchmarks/ph2_mbdcnn.py, next to its U-Net and ResNet peers on the
+# same fold and device (no mask-CN ablation), cut off after MBDCNN_SECONDS (default 500); MBDCNN_ARGS adds
+# ph2_mbdcnn.py options, e.g. MBDCNN_ARGS="--set train.epochs=40" when the time is short. Needs
+# .gpu_data/ph2.tgz (40 MB: tar czf .gpu_data/ph2.tgz -C ../shared/datasets ph2); the report of the run
+# (each stage's best epoch and curves) comes back as mbdcnn_report.html.
 # Each check has a time limit of its own, so that one that hangs leaves time for the rest.
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
@@ -23,7 +30,8 @@
 # (not numba, which the GLCM features and the Fisher-vector encoder need: the machine's image has
 # numba and llvmlite, and llvmlite's wheel alone would be 57 MB of the call's 64 MiB) and, for isic,
 # .gpu_data/isic2017 (a copy of ../shared/datasets/isic2017; .gpu_data is git-ignored), for mvkbc
-# .gpu_data/lidc_vois (a copy of ../shared/datasets/lidc_vois).
+# .gpu_data/lidc_vois (a copy of ../shared/datasets/lidc_vois), for mbdcnn .gpu_data/ph2.tgz (with the wheels,
+# under the 64 MiB a call carries).
 # Logs, and the ISIC runs without weights as isic_runs.tgz, go to $OUT.
 set -u
 OUT=${OUT:-gpu_out}
@@ -65,4 +73,14 @@ if [[ $checks == *" mvkbc "* ]]; then
     echo "lidc_cv.py exit code $?"
     tail -n 40 "$OUT/mvkbc.log"
     tar czf "$OUT/mvkbc_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" mvkbc_runs && rm -rf "$OUT/mvkbc_runs"
+fi
+if [[ $checks == *" mbdcnn "* ]]; then
+    mkdir -p /tmp/gpu_data && tar xzf .gpu_data/ph2.tgz -C /tmp/gpu_data || exit 1
+    timeout "${MBDCNN_SECONDS:-500}" python3 -m benchmarks.ph2_mbdcnn --data /tmp/gpu_data/ph2 --device cuda \
+        --config configs/ph2_mbdcnn_paper.yaml --folds 0 --no-ablation ${MBDCNN_ARGS:-} --out "$OUT/mbdcnn_runs" \
+        >"$OUT/mbdcnn.log" 2>&1
+    echo "ph2_mbdcnn.py exit code $?"
+    tail -n 40 "$OUT/mbdcnn.log"
+    python3 -m medsight report "$OUT/mbdcnn_runs/ph2_mbdcnn_paper/fold0" --out "$OUT/mbdcnn_report.html"
+    tar czf "$OUT/mbdcnn_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" mbdcnn_runs && rm -rf "$OUT/mbdcnn_runs"
 fi

@@ -15,10 +15,13 @@ the held-out fold with ``medsight evaluate RUN PH2 --split heldout``:
 
 Segmentation: JA DI AC SE SP per image, averaged per fold. Classification: AUC ACC SEN SPE at the
 threshold each run chose on its validation cases (``predict.decision``) and at 0.5.
-Finished folds are reused when re-run.
+Finished folds are reused when re-run. ``--config`` picks another MB-DCNN config (its runs are named
+after it, e.g. ``configs/ph2_mbdcnn_paper.yaml``: the paper's size, for a GPU), ``--set`` adds
+overrides to its runs (not to the peers'), ``--no-ablation`` leaves the mask-CN ablation out and
+``--device`` trains and scores every run there.
 
     python -m benchmarks.ph2_mbdcnn --data ../shared/datasets/ph2 --out bench_runs/ph2_mbdcnn [--folds 0 1 2 3 4]
-        [--mask-fractions 0.25 0.5]
+        [--mask-fractions 0.25 0.5] [--config configs/ph2_mbdcnn_paper.yaml --device cuda --no-ablation]
 """
 
 from __future__ import annotations
@@ -35,19 +38,22 @@ FOLDS = 5
 SEG, CLS = ("JA", "DI", "AC", "SE", "SP"), ("AUC", "ACC", "SEN", "SPE")
 
 
-def fold_results(data: Path, out: Path, fold: int, fractions: list[float]) -> dict[str, dict]:
+def fold_results(data: Path, out: Path, fold: int, fractions: list[float], config: str = "configs/ph2_mbdcnn.yaml",
+                 overrides: tuple[str, ...] = (), ablation: bool = True, device: str = "cpu") -> dict[str, dict]:
     """The runs of one fold, trained (unless finished) and scored on the held-out fold."""
-    full = run_fold("configs/ph2_mbdcnn.yaml", data, out, fold, FOLDS)
-    coarse_run = out / "ph2_mbdcnn" / f"fold{fold}"
-    nomask = run_fold("configs/ph2_mbdcnn.yaml", data, out, fold, FOLDS, name="ph2_mbdcnn_nomask",
-                      overrides=("maskcn.mask_channel=false", f"coarse.trained={coarse_run.resolve()}",
-                                 "enhanced.enabled=false"))
-    partial = {f"masks{round(100 * f)}": run_fold("configs/ph2_mbdcnn.yaml", data, out, fold, FOLDS,
-                                                    name=f"ph2_mbdcnn_masks{round(100 * f)}",
-                                                    overrides=(f"data.mask_fraction={f}",)) for f in fractions}
-    return {"unet": run_fold("configs/ph2_unet.yaml", data, out, fold, FOLDS),
-            "resnet": run_fold("configs/ph2_resnet.yaml", data, out, fold, FOLDS),
-            "mbdcnn": full, "nomask": nomask, **partial}
+    stem = Path(config).stem
+    full = run_fold(config, data, out, fold, FOLDS, overrides=overrides, device=device)
+    coarse_run = out / stem / f"fold{fold}"
+    nomask = {"nomask": run_fold(config, data, out, fold, FOLDS, name=f"{stem}_nomask", device=device,
+                                 overrides=(*overrides, "maskcn.mask_channel=false",
+                                            f"coarse.trained={coarse_run.resolve()}", "enhanced.enabled=false"))
+              } if ablation else {}
+    partial = {f"masks{round(100 * f)}": run_fold(config, data, out, fold, FOLDS, name=f"{stem}_masks{round(100 * f)}",
+                                                    overrides=(*overrides, f"data.mask_fraction={f}"), device=device)
+               for f in fractions}
+    return {"unet": run_fold("configs/ph2_unet.yaml", data, out, fold, FOLDS, device=device),
+            "resnet": run_fold("configs/ph2_resnet.yaml", data, out, fold, FOLDS, device=device),
+            "mbdcnn": full, **nomask, **partial}
 
 
 def main() -> None:
@@ -56,14 +62,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_runs" / "ph2_mbdcnn")
     parser.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)))
     parser.add_argument("--mask-fractions", type=float, nargs="*", default=[])
+    parser.add_argument("--config", default="configs/ph2_mbdcnn.yaml", help="the MB-DCNN config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for the MB-DCNN runs")
+    parser.add_argument("--ablation", action=argparse.BooleanOptionalAction, default=True,
+                        help="mask-CN without the mask (default on)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: PH2 not found; pass --data")
-    runs = [fold_results(args.data, args.out, k, args.mask_fractions) for k in args.folds]
+    runs = [fold_results(args.data, args.out, k, args.mask_fractions, args.config, tuple(args.set), args.ablation,
+                         args.device) for k in args.folds]
+    stem = Path(args.config).stem
     metrics = lambda name, prefix="": summarize_repeats(  # noqa: E731
         [{k: r[name]["metrics"][prefix + k] for k in SEG + CLS if prefix + k in r[name]["metrics"]} for r in runs])
-    seg_rows = {"U-Net (ph2_unet)": metrics("unet"), "coarse-SN (ph2_mbdcnn)": metrics("mbdcnn", "coarse "),
-                "enhanced-SN (ph2_mbdcnn)": metrics("mbdcnn")}
+    seg_rows = {"U-Net (ph2_unet)": metrics("unet"), f"coarse-SN ({stem})": metrics("mbdcnn", "coarse "),
+                f"enhanced-SN ({stem})": metrics("mbdcnn")}
     for f in args.mask_fractions:
         name = f"masks{round(100 * f)}"
         seg_rows[f"coarse-SN, {100 * f:g} % of the masks"] = metrics(name, "coarse ")
@@ -72,16 +85,17 @@ def main() -> None:
         [{k: r[name]["fixed_threshold_metrics"][k] for k in CLS} for r in runs])
     cls_rows = {}
     for label, name in (("ResNet-18 (ph2_resnet)", "resnet"), ("mask-CN without mask", "nomask"),
-                        ("mask-CN (ph2_mbdcnn)", "mbdcnn")):
-        cls_rows[f"{label}, threshold chosen on validation"] = metrics(name)
-        cls_rows[f"{label}, threshold 0.5"] = fixed(name)
+                        (f"mask-CN ({stem})", "mbdcnn")):
+        if name != "nomask" or args.ablation:
+            cls_rows[f"{label}, threshold chosen on validation"] = metrics(name)
+            cls_rows[f"{label}, threshold 0.5"] = fixed(name)
     folds = ", ".join(map(str, args.folds))
     write_summary(args.out, [
         (f"Segmentation, held-out fold(s) {folds} (per-image mean; mean ± std over folds):",
          format_table(seg_rows, list(SEG), style="markdown")),
         (f"Melanoma vs nevus, held-out fold(s) {folds} (the threshold each run chose on its validation cases, and 0.5):",
          format_table(cls_rows, list(CLS), style="markdown")),
-    ], {name: [r[name] for r in runs] for name in runs[0]})
+    ], {name: [r[name] for r in runs] for name in runs[0]}, device=args.device.upper())
 
 
 if __name__ == "__main__":

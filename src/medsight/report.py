@@ -1,9 +1,15 @@
 """Reports: the talk's results table, and reports of runs side by side (HTML with the figures
-embedded, or Markdown linking them)."""
+embedded, or Markdown linking them).
+
+A run whose stages keep their files in subfolders named after them (MB-DCNN's ``coarse/``,
+``maskcn/``, ``enhanced/``; MV-KBC's ``kbc/``) gets a table row per stage (the validation metrics
+of the stage's kept epoch) and a section per stage: its best epoch, the first, best and last
+epochs of its ``history.csv`` and its figures (training curves)."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import math
@@ -88,6 +94,12 @@ def format_table(
 
 # -- run reports ----------------------------------------------------------------------------------
 FIGURES = ("training_curves.png", "validation_overlays.png", "validation_roc.png", "heldout_overlays.png")
+HISTORY_FILE = "history.csv"
+
+
+def _is_metric(key: str) -> bool:
+    """Validation metrics, not the training logs beside them (losses, epoch, learning rate, time)."""
+    return key not in ("epoch", "lr", "seconds") and not key.endswith("loss")
 
 
 def _load_run(run_dir: Path) -> dict:
@@ -95,21 +107,69 @@ def _load_run(run_dir: Path) -> dict:
     if not (run_dir / RECORD_FILE).is_file():
         raise InputError(run_dir, f"not a medsight run directory ({RECORD_FILE} is missing)")
     evaluations = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("evaluation*.json"))}
-    return {"dir": run_dir, "record": run.read_record(), "metrics": run.read_metrics(), "evaluations": evaluations,
-            "figures": [run_dir / f for f in FIGURES if (run_dir / f).is_file()]}
+    record = run.read_record()
+    return {"dir": run_dir, "record": record, "metrics": run.read_metrics(), "evaluations": evaluations,
+            "figures": [run_dir / f for f in FIGURES if (run_dir / f).is_file()],
+            "stages": [_load_stage(run_dir / name, name, stage) for name, stage in record.stages.items()
+                       if (run_dir / name).is_dir()]}
+
+
+def _load_stage(folder: Path, name: str, stage) -> dict:
+    """A stage kept in its own subfolder: its record, its history rows and its figures."""
+    history = []
+    path = folder / HISTORY_FILE
+    if path.is_file():
+        try:
+            with path.open(newline="") as f:
+                history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        except (OSError, ValueError, csv.Error) as exc:
+            raise InputError(path, f"not a readable training history ({exc})") from None
+    return {"name": name, "dir": folder, "record": stage, "history": history,
+            "figures": [folder / f for f in FIGURES if (folder / f).is_file()]}
 
 
 def _rows(runs: list[dict]) -> dict[str, dict]:
-    """One table row per run: the validation metrics of its best epoch, then each evaluation."""
+    """Table rows of each run: the validation metrics of its final model, those of each stage kept
+    in a subfolder (then left out of the run's row, where they carry the stage's name), and each
+    evaluation."""
     rows = {}
     for run in runs:
-        name = run["dir"].name
+        name, stages = run["dir"].name, [st["name"] for st in run["stages"]]
         val = run["metrics"].get("validation", {})
         rows[f"{name} (validation)"] = {k: v for k, v in val.items()
-                                        if k not in ("epoch", "loss", "val_loss", "lr", "seconds")}
+                                        if _is_metric(k) and not any(k.startswith(f"{st} ") for st in stages)}
+        for st in run["stages"]:
+            rows[f"{name} / {st['name']} (validation)"] = {k: v for k, v in st["record"].validation.items()
+                                                             if _is_metric(k)}
         for stem, ev in run["evaluations"].items():
             rows[f"{name} ({ev.get('input', stem)}{_seen(ev)})"] = ev.get("metrics", {})
     return rows
+
+
+def _stage_summary(stage: dict) -> str:
+    """One sentence on a stage: how far it got and which epoch it kept, by what."""
+    st = stage["record"]
+    if not st.epochs_run:
+        source = st.fitted.get("source") if isinstance(st.fitted, Mapping) else None
+        return "no epochs trained in this run" + (f" (read from {source})" if source else "")
+    text = f"best epoch {st.best_epoch} of {st.epochs_run}"
+    if st.monitor:
+        value = st.validation.get(st.monitor)
+        text += f" by validation {st.monitor}" + (f" ({as_float(value, '?'):.4f})" if value is not None else "")
+    return text + ("" if st.finished else " (unfinished)")
+
+
+def _history_table(stage: dict, style: str) -> str:
+    """The first, best and last epochs of a stage's history: losses and the monitored metric."""
+    history, st = stage["history"], stage["record"]
+    if not history:
+        return ""
+    keep = {history[0]["epoch"], history[-1]["epoch"], st.best_epoch}
+    columns = [c for c in ("loss", "val_loss", st.monitor) if c and any(c in r for r in history)]
+    rows = {f"{int(r['epoch'])}{' (best)' if r['epoch'] == st.best_epoch else ''}": r
+            for r in history if r["epoch"] in keep}
+    return format_table(rows, list(dict.fromkeys(columns)), style=style, percent=False, digits=4,
+                        index_name="epoch")
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:
@@ -127,20 +187,36 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         for run in runs:
             parts += [f"## {run['dir']}", "", _describe(run["record"]), ""]
             parts += [f"![{f.name}]({f.resolve()})" for f in run["figures"]] + [""]
+            for st in run["stages"]:
+                history = st["dir"] / HISTORY_FILE
+                parts += [f"### stage {st['name']} (`{st['dir'].name}/`)", "",
+                          _stage_summary(st) + (f"; history: {history.resolve()}" if history.is_file() else ""), "",
+                          _history_table(st, "markdown"), ""]
+                parts += [f"![{st['name']} {f.name}]({f.resolve()})" for f in st["figures"]] + [""]
         atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(parts)))
         return out
     body = ["<h1>medsight report</h1>", "<pre>" + html.escape(format_table(rows, metrics, style="text")) + "</pre>"]
     for run in runs:
         body.append(f"<h2>{html.escape(str(run['dir']))}</h2><p>{html.escape(_describe(run['record']))}</p>")
-        for fig in run["figures"]:
-            data = base64.b64encode(fig.read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
-                        f"<figcaption>{fig.name}</figcaption></figure>")
+        body += [_embedded(fig, fig.name) for fig in run["figures"]]
+        for st in run["stages"]:
+            body.append(f"<h3>stage {html.escape(st['name'])} ({html.escape(st['dir'].name)}/)</h3>"
+                        f"<p>{html.escape(_stage_summary(st))}</p>")
+            table = _history_table(st, "text")
+            if table:
+                body.append("<pre>" + html.escape(table) + "</pre>")
+            body += [_embedded(fig, f"{st['name']}: {fig.name}") for fig in st["figures"]]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>medsight report</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}pre{background:#f4f4f4;"
             "padding:8px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
     atomic_write(out, lambda tmp: Path(tmp).write_text(page))
     return out
+
+
+def _embedded(figure: Path, caption: str) -> str:
+    data = base64.b64encode(figure.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _seen(evaluation: Mapping) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medsight.models import create_model
-from medsight.models.deeplab import dilate_stage
+from medsight.models.resnet import dilate_stage
 from medsight.models.pretrained import load_pretrained
 
 SMALL = {"encoder_options": {"width": 8}, "aspp_channels": 16, "decoder_channels": 16, "shortcut_channels": 8}
@@ -16,6 +16,7 @@ def test_the_encoder_ends_at_output_stride_16_and_the_decoder_at_the_input_size(
     x = torch.randn(2, 3, 64, 96)
     low, high = model.features(x)
     assert low.shape[2:] == (16, 24) and high.shape[2:] == (4, 6)  # strides 4 and 16 (32 undilated)
+    assert model.encoder.level_channels == (low.shape[1], high.shape[1])
     assert model(x).shape == (2, 1, 64, 96)
     assert model(x.transpose(2, 3)).shape == (2, 1, 96, 64)  # a rotated non-square image
     rates = sorted(b[0].dilation[0] for b in model.aspp.branches)

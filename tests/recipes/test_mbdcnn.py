@@ -128,6 +128,13 @@ def test_mbdcnn_trains_resumes_predicts_and_evaluates(synth, tmp_path, capsys):
     assert result["threshold"] == {"malignant": chosen} and "ACC" in result["fixed_threshold_metrics"]
     assert all(r["pred"] == ("malignant" if float(r["p_malignant"]) >= chosen else "benign") for r in rows)
 
+    summary = tmp_path / "report.md"  # the stages' folders, each with its best epoch and curves
+    assert main(["report", str(tmp_path / "cut"), "--out", str(summary)]) == 0
+    text = summary.read_text()
+    for stage in ("coarse", "maskcn", "enhanced"):
+        assert f"| cut / {stage} (validation) |" in text and f"### stage {stage} (`{stage}/`)" in text
+        assert str(tmp_path / "cut" / stage / "training_curves.png") in text
+
 
 @pytest.mark.slow
 def test_coarse_sn_transferred_to_images_without_masks(synth, tmp_path):
@@ -172,3 +179,40 @@ def recipe_dataset(root):
     from medsight.data import open_dataset
 
     return open_dataset(root, format="folder")
+
+
+def test_the_paper_config_builds_xception_networks():
+    from medsight.models.registry import check_model
+
+    cfg = load_config(CONFIGS / "ph2_mbdcnn_paper.yaml")
+    assert cfg.data.image_size == (224, 224) and cfg.train.batch_size == 16
+    assert cfg.coarse.model.options["encoder"] == "xception" and cfg.maskcn.model.name == "xception"
+    for stage in ("coarse", "maskcn", "enhanced"):
+        check_model(cfg.stage(stage).model.name, cfg.stage(stage).model.options)
+    with torch.device("meta"):  # the full-size networks, without memory
+        maskcn = RECIPES["mbdcnn"](cfg).build("maskcn", _info(), 2)
+    assert maskcn.stem[0].conv.in_channels == 4 and maskcn.blocks[-1].stack.conv1.conv_dw.dilation == (2, 2)
+
+
+def _info():
+    from medsight.rundir import InputInfo
+
+    return InputInfo(3, (224, 224), (0.5,) * 3, (0.2,) * 3)
+
+
+@pytest.mark.slow
+def test_the_paper_config_trains_an_epoch_at_tiny_width_through_the_cli(synth, tmp_path):
+    run = tmp_path / "paper"
+    tiny_nets = ["data.format=folder", "data.task=null", "data.image_size=[32, 32]", "train.batch_size=4",
+                 "coarse.model.options.encoder_options={width: 4, middle_blocks: 1}",
+                 "coarse.model.options.aspp_channels=8", "coarse.model.options.decoder_channels=8",
+                 "coarse.model.options.shortcut_channels=4", "maskcn.model.options.width=4",
+                 "maskcn.model.options.middle_blocks=1", "predict.scales=[1.0]", "predict.crops=1"]
+    args = ["train", str(CONFIGS / "ph2_mbdcnn_paper.yaml"), "--data", str(synth), "--out", str(run), "--epochs", "1",
+            "--device", "cpu", *[a for s in tiny_nets for a in ("--set", s)]]
+    assert main(args) == 0
+    record = RunDir(run).read_record()
+    assert record.finished and all(record.stage(s).epochs_run == 1 for s in ("coarse", "maskcn", "enhanced"))
+    weights = load_file(run / "maskcn" / "model.safetensors")
+    assert weights["stem.0.conv.weight"].shape[1] == 4  # RGB + coarse mask
+    assert "encoder.blocks.3.stack.conv3.conv_dw.weight" in load_file(run / "enhanced" / "model.safetensors")

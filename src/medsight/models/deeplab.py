@@ -1,17 +1,20 @@
-"""DeepLabv3+ (Chen et al., ECCV 2018) on a registry ResNet encoder, as MB-DCNN's segmentation networks.
+"""DeepLabv3+ (Chen et al., ECCV 2018) on a registry encoder, as MB-DCNN's segmentation networks.
 
-Layout (the MB-DCNN authors' DeepLabv3+, with a ResNet in place of their aligned Xception):
+Layout (the MB-DCNN authors' DeepLabv3+):
 
-* encoder: a registry ResNet (``encoder``, ``encoder_options``) whose last stage is dilated
-  (strides 1, 3x3 convolutions dilated 2), so its features are at output stride 16;
-* ASPP on them: a 1x1 branch, three 3x3 branches dilated 6 / 12 / 18 and image pooling (global
-  mean, 1x1 conv, broadcast back), concatenated and fused by a 1x1 conv to ``aspp_channels``
-  (each conv with BN + ReLU), then dropout 0.5;
+* encoder: a registry classifier (``encoder``, ``encoder_options``) built at ``output_stride`` 16
+  (its last stage dilated instead of subsampling) that gives ``forward_levels(x)`` -> (stride-4
+  features, last features) and ``level_channels``: a ResNet (``resnet18`` ...: ``layer1`` and
+  ``layer4``) or the paper's aligned Xception (``xception``: the second entry block's inner
+  features and the exit flow's);
+* ASPP on the last features: a 1x1 branch, three 3x3 branches dilated 6 / 12 / 18 and image
+  pooling (global mean, 1x1 conv, broadcast back), concatenated and fused by a 1x1 conv to
+  ``aspp_channels`` (each conv with BN + ReLU), then dropout 0.5;
 * guide (``guide_channels`` > 0, enhanced-SN): a map of the lesion (mask-CN's localisation map)
   resized to the ASPP grid, joined to the ASPP output and fused back to ``aspp_channels`` by a
   1x1 conv + BN + ReLU;
-* decoder: the ASPP output upsampled to stride 4 and joined to a 48-channel 1x1 projection of the
-  encoder's stride-4 features (``layer1``), two 3x3 convs (``decoder_channels``, dropout 0.5 / 0.1),
+* decoder: the ASPP output upsampled to stride 4 and joined to a ``shortcut_channels`` 1x1
+  projection of the stride-4 features, two 3x3 convs (``decoder_channels``, dropout 0.5 / 0.1),
   a 1x1 classifier, upsampled bilinearly to the input size.
 
 Every spatial size works (the upsampling goes to the exact size of the level above), also the
@@ -26,20 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsight.errors import ConfigError
 from medsight.models.registry import create_model, register_model
 
 ASPP_RATES = (6, 12, 18)
-
-
-def dilate_stage(stage: nn.Module, rate: int = 2) -> None:
-    """Replace the stride of every convolution of ``stage`` by dilation ``rate`` (in place): the
-    stage keeps its input's resolution and its receptive field grows as if it had subsampled."""
-    for module in stage.modules():
-        if isinstance(module, nn.Conv2d):
-            module.stride = (1, 1)
-            if module.kernel_size[0] > 1:
-                module.dilation = (rate, rate)
-                module.padding = (module.kernel_size[0] // 2 * rate, module.kernel_size[1] // 2 * rate)
 
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -68,21 +61,23 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1, encoder: str = "resnet18",
                  encoder_options: dict | None = None, aspp_channels: int = 256, decoder_channels: int = 256,
-                 shortcut_channels: int = 48, guide_channels: int = 0, dropout: float = 0.5):
+                 shortcut_channels: int = 48, guide_channels: int = 0, dropout: float = 0.5,
+                 output_stride: int = 16):
         super().__init__()
-        self.encoder = create_model(encoder, in_channels=in_channels, num_classes=2, spatial_dims=2,
-                                    **(encoder_options or {}))
-        if not all(hasattr(self.encoder, f"layer{k}") for k in range(1, 5)):
-            raise TypeError(f"encoder {encoder!r} is not a ResNet (conv1, layer1..layer4)")
+        try:
+            self.encoder = create_model(encoder, in_channels=in_channels, num_classes=2, spatial_dims=2,
+                                        output_stride=output_stride, **(encoder_options or {}))
+        except ConfigError as exc:
+            raise TypeError(f"encoder {encoder!r} with encoder_options {encoder_options or {}}: {exc}") from None
+        if not hasattr(self.encoder, "forward_levels"):
+            raise TypeError(f"encoder {encoder!r} gives no stride-4 features (forward_levels); use a resnet or xception")
         self.encoder.reset_classifier(0)
-        dilate_stage(self.encoder.layer4, 2)  # output stride 32 -> 16
-        with torch.no_grad():  # channel counts of the stride-4 and the last features
-            low, high = self.features(torch.zeros(1, in_channels, 32, 32))
-        self.aspp = ASPP(high.shape[1], aspp_channels)
+        low_channels, high_channels = self.encoder.level_channels
+        self.aspp = ASPP(high_channels, aspp_channels)
         self.aspp_dropout = nn.Dropout(dropout)
         self.guide_channels = guide_channels
         self.guide = conv_bn_relu(aspp_channels + guide_channels, aspp_channels, 1) if guide_channels else None
-        self.shortcut = conv_bn_relu(low.shape[1], shortcut_channels, 1)
+        self.shortcut = conv_bn_relu(low_channels, shortcut_channels, 1)
         self.decoder = nn.Sequential(conv_bn_relu(aspp_channels + shortcut_channels, decoder_channels, 3),
                                      nn.Dropout(dropout),
                                      conv_bn_relu(decoder_channels, decoder_channels, 3), nn.Dropout(0.1))
@@ -93,12 +88,7 @@ class DeepLabV3Plus(nn.Module):
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(stride-4 features, stride-16 features) of the encoder."""
-        e = self.encoder
-        x = e.act(e.bn1(e.conv1(x)))
-        if not e.no_max_pool:
-            x = e.maxpool(x)
-        low = e.layer1(x)
-        return low, e.layer4(e.layer3(e.layer2(low)))
+        return self.encoder.forward_levels(x)
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         if (guide is None) != (self.guide is None):

@@ -1,4 +1,4 @@
-"""Load ImageNet weights from a local file into the registry's ResNet-family models.
+"""Load ImageNet weights from a local file into the registry's ResNet-family and Xception models.
 
 Nothing is downloaded: point :func:`load_pretrained` at a file you have (safetensors, or a torch
 file, read with ``weights_only=True``). No recipe needs pretrained weights.
@@ -12,7 +12,9 @@ themselves. The mapping also
   dicts holding the weights under ``state_dict``, ``model`` or ``state_dict_ema``;
 * renames ``head.fc.*`` (timm's newer heads) to ``fc.*``;
 * maps timm's SE-ResNet layers (``se.fc1`` / ``se.fc2``, 1x1 convolutions) onto MONAI's
-  ``ChannelSELayer`` (``se.fc.0`` / ``se.fc.2``, linear layers), reshaping the weights.
+  ``ChannelSELayer`` (``se.fc.0`` / ``se.fc.2``, linear layers), reshaping the weights;
+* then applies the model's own ``foreign_key(name)`` where its family has one (``xception``: the
+  MB-DCNN authors' names).
 
 Adaptations (reported in ``LoadReport.adapted``):
 
@@ -149,7 +151,8 @@ def load_pretrained(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
                     ) -> LoadReport:
     """Copy the weights of a local file (or a state dict) into ``model``; return a :class:`LoadReport`.
 
-    Keys are mapped with :func:`map_key` and tensors adapted as the module doc says. With
+    Keys are mapped with :func:`map_key` (then the model's ``foreign_key``, where it has one) and
+    tensors adapted as the module doc says. With
     ``strict=True`` anything missing, unexpected or skipped other than the classifier raises
     :class:`~medsight.errors.InputError`; otherwise the model keeps its initialisation there.
     """
@@ -158,8 +161,9 @@ def load_pretrained(model: nn.Module, path: str | Path | Mapping[str, torch.Tens
     target = model.state_dict()
     report = LoadReport()
     new_state: dict[str, torch.Tensor] = {}
+    family_key = getattr(model, "foreign_key", lambda key: key)
     for name, tensor in source.items():
-        key = map_key(name)
+        key = family_key(map_key(name))
         if key not in target:
             report.unexpected.append(name)
             continue

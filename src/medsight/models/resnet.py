@@ -3,6 +3,10 @@
 MONAI's defaults use a stride-1 first convolution (4x the compute in 2D); we pass
 ``conv1_t_stride=2, bias_downsample=False`` for the standard layout, and ``stem="small"``
 (3x3 stride-1 convolution, no max-pool) for tiny inputs such as 28-px MedMNIST images.
+
+As a segmentation encoder (DeepLabv3+), ``output_stride`` 16 (or 8) dilates the last stage (and the
+one before) instead of subsampling, and :meth:`ResNetClassifier.forward_levels` gives ``layer1``'s
+features (stride 4 with the ImageNet stem) beside the last ones.
 """
 
 from __future__ import annotations
@@ -12,6 +16,18 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from medsight.models.registry import register_model
+
+def dilate_stage(stage: nn.Module, rate: int = 2) -> None:
+    """Replace the stride of every convolution of ``stage`` by dilation ``rate`` (in place): the
+    stage keeps its input's resolution and its receptive field grows as if it had subsampled."""
+    for module in stage.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            dims = len(module.kernel_size)
+            module.stride = (1,) * dims
+            if max(module.kernel_size) > 1:
+                module.dilation = (rate,) * dims
+                module.padding = tuple(k // 2 * rate for k in module.kernel_size)
+
 
 LAYOUTS = {
     "resnet14": ("bottleneck", [1, 1, 1, 1]),  # ARL-CNN14's baseline: stem + 4 bottlenecks + FC
@@ -25,9 +41,11 @@ class ResNetClassifier(ResNet):
     cam_layer = "layer4"
 
     def __init__(self, block, layers, in_channels: int = 3, num_classes: int = 2, spatial_dims: int = 2,
-                 stem: str = "imagenet", width: int = 64, dropout: float = 0.0):
+                 stem: str = "imagenet", width: int = 64, dropout: float = 0.0, output_stride: int = 32):
         if stem not in ("imagenet", "small"):
             raise TypeError(f"stem must be 'imagenet' or 'small', got {stem!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         small = stem == "small"
         super().__init__(block, layers, [width, 2 * width, 4 * width, 8 * width], spatial_dims=spatial_dims,
                          n_input_channels=in_channels, conv1_t_size=3 if small else 7,
@@ -35,12 +53,22 @@ class ResNetClassifier(ResNet):
                          bias_downsample=False)
         self.num_features = self.fc.in_features
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.level_channels = (width * self.layer1[0].expansion, self.num_features)  # layer1, layer4
+        if output_stride <= 16:
+            dilate_stage(self.layer4, 2 if output_stride == 16 else 4)
+        if output_stride == 8:
+            dilate_stage(self.layer3, 2)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``layer1``'s features, ``layer4``'s) for a segmentation decoder."""
         x = self.act(self.bn1(self.conv1(x)))
         if not self.no_max_pool:
             x = self.maxpool(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        low = self.layer1(x)
+        return low, self.layer4(self.layer3(self.layer2(low)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_levels(x)[1]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(torch.flatten(self.avgpool(features), 1)))
