@@ -91,7 +91,8 @@ class SWAWeights:
         return int(next(iter(self.averages.values())).n_averaged) if self.averages else 0
 
     def describe(self) -> str:
-        return f"SWA of {self.averaged_epochs()} epochs (from epoch {self.first_epoch})"
+        n = self.averaged_epochs()
+        return f"SWA of {n} epoch{'' if n == 1 else 's'} (from epoch {self.first_epoch})"
 
     @torch.no_grad()
     def finish(self, models: dict[str, nn.Module], device: torch.device) -> None:
