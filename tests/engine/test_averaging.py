@@ -153,3 +153,20 @@ def test_swa_takes_no_early_stopping_and_averages_at_most_the_epochs_run(tmp_pat
     assert weight_average("swa", epochs=2, swa_epochs=5, bn_inputs=bn_inputs).first_epoch == 1
     assert weight_average("swa", epochs=30, swa_epochs=5, bn_inputs=bn_inputs).first_epoch == 26
     assert weight_average("none", epochs=30) is None
+
+
+def test_a_stage_averages_one_network_fed_its_images():
+    from medsight.config import TrainConfig
+    from medsight.errors import ConfigError
+    from medsight.recipes.network import stage_average
+
+    class Two:
+        models = {"student": net(), "teacher": net()}
+
+    with pytest.raises(ConfigError, match="network stage trains 2 networks together"):
+        stage_average(TrainConfig(weight_average="ema"), "network", Two(), None, None, own_inputs=False)
+    one = Probe(net())
+    with pytest.raises(ConfigError, match="swa recomputes BatchNorm"):
+        stage_average(TrainConfig(weight_average="swa"), "kbc", one, None, None, own_inputs=True)
+    assert isinstance(stage_average(TrainConfig(weight_average="ema"), "kbc", one, None, None, True), EMAWeights)
+    assert stage_average(TrainConfig(), "network", Two(), None, None, False) is None
