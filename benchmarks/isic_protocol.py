@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
 
     label = f"{args.config.stem}, {len(args.seeds)} seed(s), {args.size} px, {args.epochs} epochs, {args.folds} folds"
     sections = [
-        (f"ISIC-2017 ({label}): each run's selection set and the official validation set (150 images), "
-         "scored once; 9-crop TTA, mean ± std over seeds:",
+        ((f"ISIC-2017 ({label}): each run's selection set and the official validation set (150 images), "
+          "scored once; 9-crop TTA, mean ± std over seeds:"),
          format_table({k: summarize_repeats(v) for k, v in rows.items()}, style="markdown")),
         ("Each seed:", format_table(per_run, style="markdown")),
     ]

@@ -104,7 +104,7 @@ def test_the_loop_validates_and_saves_the_ema_of_every_step(tmp_path):
 
 def test_swa_is_the_mean_of_the_last_epochs_with_batchnorm_recomputed(tmp_path):
     per_epoch = []
-    model, step, result = train(tmp_path, SWAWeights(3, bn_inputs), epochs=5, per_epoch=per_epoch)
+    model, _, result = train(tmp_path, SWAWeights(3, bn_inputs), epochs=5, per_epoch=per_epoch)
     saved = load_file(tmp_path / "model.safetensors")
     for key in ("0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"):  # the parameters
         mean = torch.stack([w[key] for w in per_epoch[2:]]).mean(0)  # epochs 3, 4, 5
