@@ -137,3 +137,12 @@ def test_an_ensemble_needs_its_own_output_file(trained, capsys):
     assert sorted(p.name for p in runs[0].iterdir()) == before
     code, _, err = cli(capsys, "evaluate", runs[0], runs[0], data, "--out", "x.json")
     assert code == 2 and "named twice" in err
+
+
+def test_validation_folds_of_the_official_split_are_refused_before_anything_is_written(trained, tmp_path, capsys):
+    data, _ = trained
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "data": {**CONFIG["data"], "val_source": "official"}}))
+    code, _, err = cli(capsys, "train", config, "--data", data, "--out", tmp_path / "run", "--set", "data.val_fold=1")
+    assert code == 2 and "data.val_fold" in err and "data.val_source: train" in err
+    assert not (tmp_path / "run").exists()
