@@ -5,6 +5,7 @@ test's folder. Tests import them as ``import builders`` (``pythonpath = ["tests"
 - ``make_chestxray14``: the NIH ChestX-ray14 layout with the fixed rows ``ROWS`` (``TEST_IMAGES`` in
   the test list), PNGs in grey, RGB and RGBA
 - ``write_nih``: any dataset of grey images (the synthetic X-rays) in the ChestX-ray14 layout
+- ``write_isic2017_splits``: the ISIC-2017 layout, a training and a validation split of synthetic lesions
 """
 
 from __future__ import annotations
@@ -128,4 +129,25 @@ def write_nih(dataset, root: Path, test_ids=()) -> Path:
     (root / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
     (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
     (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    return root
+
+
+# --- ISIC 2017 ------------------------------------------------------------------------------------
+
+def write_isic2017_splits(root: Path, n_train: int = 36, n_val: int = 12, size: int = 32, seed: int = 3) -> Path:
+    """The ISIC-2017 Part 3 layout with a Training and a Validation split of synthetic lesions:
+    malignant ones are melanomas, and the benign ones nevi and seborrheic keratoses in turn."""
+    from medsight.data.synthetic import make_dermoscopy
+
+    cases = make_dermoscopy(n=n_train + n_val, size=size, seed=seed).samples
+    for long, part in (("Training", cases[:n_train]), ("Validation", cases[n_train:])):
+        folder = root / f"ISIC-2017_{long}_Data"
+        folder.mkdir(parents=True)
+        rows = ["image_id,melanoma,seborrheic_keratosis"]
+        for i, sample in enumerate(part):
+            cid = f"ISIC_{long[0]}{i:06d}"
+            Image.fromarray(np.ascontiguousarray(sample.image.transpose(1, 2, 0))).save(folder / f"{cid}.jpg")
+            melanoma, sk = sample.diagnosis == "malignant", sample.diagnosis == "benign" and i % 2 == 1
+            rows.append(f"{cid},{float(melanoma)},{float(sk)}")
+        (root / f"ISIC-2017_{long}_Part3_GroundTruth.csv").write_text("\n".join(rows) + "\n")
     return root

@@ -83,3 +83,18 @@ def test_each_recipe_takes_only_its_own_sections(tmp_path):
             load_config(write(tmp_path, descriptors + section + "\n"))
     with pytest.raises(ConfigError, match="--epochs: the descriptors recipe trains no network"):
         load_config(write(tmp_path, descriptors), epochs=3)
+
+
+def test_weight_averages_and_validation_sources(tmp_path):
+    cfg = load_config(write(tmp_path))
+    assert (cfg.train.weight_average, cfg.data.val_source, cfg.data.val_fold) == ("none", "official", 0)
+    swa = load_config(write(tmp_path), ["train.weight_average=swa", "train.swa_epochs=3", "data.val_source=train"])
+    assert (swa.train.weight_average, swa.train.swa_epochs, swa.data.val_source) == ("swa", 3, "train")
+    with pytest.raises(ConfigError, match=r"train: weight_average: swa .* early_stopping does not apply"):
+        load_config(write(tmp_path), ["train.weight_average=swa", "train.early_stopping={metric: JA}"])
+    with pytest.raises(ConfigError, match=r"train\.weight_average"):
+        load_config(write(tmp_path), ["train.weight_average=mean"])
+    with pytest.raises(ConfigError, match=r"data\.val_source"):
+        load_config(write(tmp_path), ["data.val_source=test"])
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        load_config(write(tmp_path), ["train.weight_average=ema", "train.ema_decay=1.5"])

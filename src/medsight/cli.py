@@ -132,22 +132,24 @@ def _start_processes(device: str):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="[RUN_DIR]... INPUT...")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder (must be new or empty).")
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 @click.option("--maps", "maps", type=click.Choice(["gradcam", "gradcam++", "cam"]), is_flag=False, flag_value="gradcam",
               default=None, help="Classifiers: write class activation maps to OUT/maps (default method gradcam).")
 def predict(run_dir, inputs, out, fmt, device, maps):
-    """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/)."""
+    """Predict every case of INPUT with the run in RUN_DIR; write OUT/predictions.csv (and masks/).
+    Several RUN_DIRs predict as one ensemble: the mean of their outputs."""
+    from medsight.ensemble import load_runs, split_runs
     from medsight.io import check_writable, refuse_existing_output
-    from medsight.recipes import load_recipe
     from medsight.recipes.common import predict_shared, write_predictions
 
     refuse_existing_output(out)
     check_writable(out)
     w = _start_processes(device)
-    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
+    runs, inputs = split_runs(run_dir, inputs)
+    recipe = load_runs(runs, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
     dataset = _open_input(inputs, fmt, recipe)
@@ -166,27 +168,30 @@ def predict(run_dir, inputs, out, fmt, device, maps):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="[RUN_DIR]... INPUT...")
 @click.option("--format", "fmt", help="Input layout (detected when omitted).")
-@click.option("--out", "out", type=click.Path(path_type=Path), help="Metrics JSON (default RUN_DIR/evaluation_<input>.json).")
+@click.option("--out", "out", type=click.Path(path_type=Path),
+              help="Metrics JSON (default RUN_DIR/evaluation_<input>.json; required for several runs).")
 @click.option("--split", "split", help="Evaluate only this split: an official one (train, val, test) or "
                                        "'heldout' (the cross-validation fold the run did not train on).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 def evaluate(run_dir, inputs, fmt, out, split, device):
-    """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON."""
+    """Evaluate the run in RUN_DIR on the labelled cases of INPUT: print the table, write JSON.
+    Several RUN_DIRs are evaluated as one ensemble: the mean of their outputs."""
+    from medsight.ensemble import cases_used, load_runs, split_runs
     from medsight.io import check_writable, jsonable, save_json
     from medsight.report import format_table
-    from medsight.recipes import load_recipe
     from medsight.recipes.common import predict_shared
-    from medsight.rundir import RunDir
 
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
+    runs, inputs = split_runs(run_dir, inputs)
+    if len(runs) > 1 and out is None:
+        raise MedsightError(f"an ensemble's metrics belong to none of its {len(runs)} runs: give --out FILE")
     w = _start_processes(device)
-    recipe = load_recipe(run_dir, device, console if w.is_main else Console(quiet=True))
+    recipe = load_runs(runs, device, console if w.is_main else Console(quiet=True))
     check_writable(out or run_dir)  # before the work, not after it
-    run = RunDir(run_dir)
-    dataset = _restrict(_open_input(inputs, fmt, recipe), split, run)
+    dataset = _restrict(_open_input(inputs, fmt, recipe), split, runs)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
     preds = predict_shared(recipe, dataset, need_masks=recipe.needs_masks)
     if not w.is_main:  # rank 0 writes what all the processes predicted
@@ -200,15 +205,17 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
         from medsight.recipes.labels import describe_mapping
 
         console.print(f"labels onto the run's classes by the rule {describe_mapping(result['labels'])}")
-    used = _used_in_training(run, preds.loaded.ids, same_data)
+    used = cases_used(runs, preds.loaded.ids, same_data)
     if used["train"] or used["val"]:
+        these = "this run" if len(runs) == 1 else "these runs"
         console.print(f"[yellow]note: of the {result['n']} evaluated cases, {used['train']} were used to train "
-                      f"this run and {used['val']} to validate it (choose its epoch)[/yellow]")
+                      f"{these} and {used['val']} to validate (choose the epoch of) {these}[/yellow]")
     name = Path(inputs[0]).name + (f"-{split}" if split else "")
+    label = run_dir.name if len(runs) == 1 else f"ensemble of {len(runs)} ({', '.join(r.name for r in runs)})"
     row = result["metrics"]
     if "std" in result:  # per-image metrics: mean ± std over images
         row = {k: {"mean": v, "std": result["std"][k], "n": result["n"]} for k, v in row.items()}
-    rows = {f"{run_dir.name} on {name} (n={result['n']})": row}
+    rows = {f"{label} on {name} (n={result['n']})": row}
     if "fixed_threshold_metrics" in result:  # the run chose its decision threshold on validation
         chosen = ", ".join(f"{c} {t:.3f}" for c, t in result["threshold"].items())
         rows = {f"{next(iter(rows))}, threshold chosen on validation ({chosen})": row,
@@ -216,27 +223,19 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     click.echo(format_table(rows))
     target = out or _unique(run_dir / f"evaluation_{name}.json")
     with _writing(target):
-        save_json(jsonable({"run": str(run_dir), "input": name, "rejected": [str(r) for r in preds.rejected],
+        members = {"members": [str(r) for r in runs]} if len(runs) > 1 else {}
+        save_json(jsonable({"run": str(run_dir), **members, "input": name, "rejected": [str(r) for r in preds.rejected],
                             **result, "used_in_training": used}), target)
     console.print(f"metrics written to {target}")
 
 
-def _used_in_training(run, ids: list[str], same_data: bool) -> dict[str, int]:
-    """How many of the evaluated cases the run trained on, and validated on (the cases that
-    chose its epoch): none unless the input is the run's own training data."""
-    if not same_data:
-        return {"train": 0, "val": 0}
-    ids = set(ids)
-    return {split: len(ids & set(run.split_ids(split))) for split in ("train", "val")}
-
-
-def _restrict(dataset, split: str | None, run):
+def _restrict(dataset, split: str | None, runs: list[Path]):
     if split is None:
         return dataset
     if split == "heldout":
-        ids = set(run.split_ids("heldout"))
-        if not ids:
-            raise MedsightError(f"{run.path}: the run held no fold out (train it with data.folds > 1)")
+        from medsight.ensemble import heldout_ids
+
+        ids = heldout_ids(runs)
         dataset.samples = [s for s in dataset.samples if s.id in ids]
         return dataset
     subset = dataset.subset(split)

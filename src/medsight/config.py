@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medsight.errors import ConfigError
 
@@ -31,7 +31,11 @@ class DataConfig(Section):
     image_size: tuple[int, ...] = (128, 128)  # (height, width), or (depth, height, width), the network sees
     preprocess: str = "resize"  # how a case becomes the network's input (medsight.transforms.preprocess)
     preprocess_options: dict[str, Any] = Field(default_factory=dict)
-    val_fraction: float = Field(0.2, gt=0, lt=1)  # used when the layout has no official val split
+    val_fraction: float = Field(0.2, gt=0, lt=1)  # validation carved from the training cases (no official val split)
+    # official: the layout's own validation split, where it has one, chooses the epoch and threshold;
+    # train: validation is carved from the training cases and the official one is withheld for one final score
+    val_source: Literal["official", "train"] = "official"
+    val_fold: int = Field(0, ge=0)  # which of the round(1 / val_fraction) folds of the training cases validates
     folds: int = Field(0, ge=0)  # > 1: hold out fold `fold` of a patient-grouped stratified k-fold
     fold: int = Field(0, ge=0)
     split_seed: int = 0
@@ -73,6 +77,18 @@ class TrainConfig(Section):
     class_weights: Literal["none", "balanced"] = "none"  # classification: weight CE by inverse frequency
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(0, ge=0)  # also save the resume state every N steps within an epoch (0: never)
+    # keep an average of the weights (medsight.engine.averaging): ema, an exponential moving average
+    # of every step (the best epoch chosen on it); swa, the mean of the last swa_epochs epochs
+    weight_average: Literal["none", "ema", "swa"] = "none"
+    ema_decay: float = Field(0.998, gt=0, lt=1)
+    swa_epochs: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _swa_chooses_no_epoch(self):
+        if self.weight_average == "swa" and self.early_stopping is not None:
+            raise ValueError("weight_average: swa keeps the mean of the last swa_epochs epochs and chooses no "
+                             "epoch, so early_stopping does not apply; remove it (--set train.early_stopping=null)")
+        return self
 
 
 class PredictConfig(Section):

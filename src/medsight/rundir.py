@@ -3,7 +3,8 @@
     RUN_DIR/
       config.yaml     the resolved config (the file's settings with the command line's overrides)
       run.json        the run record (:class:`RunRecord`): task, input normalisation, data, stages, timing
-      split.json      the case ids of each split (train, val, heldout)
+      split.json      the case ids of each split (train, val, heldout; withheld: the official validation
+                      cases a run with data.val_source: train neither trained nor chose on)
       metrics.json    the validation metrics of the final model
       medsight.lock   while a command writes the run: its pid and host (:meth:`RunDir.locked`)
       ...             each stage's files (weights, history, heads) in ``stage_dir(folder)``
@@ -315,7 +316,7 @@ class RunDir:
         save_json({name: list(ids) for name, ids in split.items()}, self.path / SPLIT_FILE)
 
     def split_ids(self, name: str) -> list[str]:
-        """The ids of one split (train, val, heldout); empty when the run has no such split."""
+        """The ids of one split (train, val, heldout, withheld); empty when the run has no such split."""
         path = self.path / SPLIT_FILE
         return list(json.loads(path.read_text()).get(name, [])) if path.is_file() else []
 

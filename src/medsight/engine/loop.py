@@ -7,6 +7,9 @@ validation is scored. The loop owns the device and bf16 autocast, the seeding of
 progress, validation after each epoch, the best epoch's weights (``<model>.safetensors`` for every
 model), early stopping, and atomic checkpoints from which an interrupted run resumes to
 bit-identical weights: after every epoch, and every ``checkpoint_every`` steps within one.
+With a weight average (:mod:`medsight.engine.averaging`, ``average``) the weights validated and
+kept are the average's: EMA's after each epoch (the best epoch chosen on them), or SWA's mean of
+the last epochs with BatchNorm's statistics recomputed, validated once after the last epoch.
 
 Started by torchrun, each process trains on its share of every batch and the loop keeps the
 processes one model (:mod:`medsight.engine.distributed`): gradients summed after each backward
@@ -16,6 +19,7 @@ pass, BatchNorm over the global batch, validation shared round-robin and gathere
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -27,6 +31,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from medsight.engine.averaging import EMAWeights, SWAWeights
 from medsight.engine.checkpoint import CHECKPOINT, load_state, load_weights, save_state, save_weights
 from medsight.engine.device import autocast, select_device, to_channels_last
 from medsight.engine.distributed import (World, broadcast_object, broadcast_state, gather_in_order, gather_objects,
@@ -90,9 +95,10 @@ class StepContext:
 @dataclass(frozen=True)
 class FitResult:
     history: list[dict]  # one record per epoch: training logs, validation metrics, lr, seconds
-    best_epoch: int
+    best_epoch: int  # with SWA, the last epoch averaged
     epochs_run: int
     monitor: str
+    validation: dict  # the validation of the kept weights: the best epoch's record, or the SWA average's
 
 
 class Trainer:
@@ -106,7 +112,7 @@ class Trainer:
                  scheduler: str = "cosine", step_lr: tuple[int, float] = (30, 0.5), monitor: str | None = None,
                  mode: str | None = None, patience: int | None = None, checkpoint_every: int = 0,
                  callbacks: Iterable[Callable[[int, dict], None]] = (), console: Console | None = None,
-                 progress_every: int | None = None):
+                 progress_every: int | None = None, average: EMAWeights | SWAWeights | None = None):
         self.folder = Path(folder)
         self.epochs = epochs
         self.device = device if isinstance(device, torch.device) else select_device(device)
@@ -117,6 +123,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.console = console or Console(stderr=True)
         self.progress_every = progress_every  # a plain progress line every N steps off a terminal (None: 10 an epoch)
+        self.average = average
+        if average is not None and not average.chooses_epoch and patience is not None:
+            raise MedsightError("SWA averages the last epochs and chooses none: it takes no early stopping")
         self.world = world()
 
     def _better(self, record: dict, state: dict) -> bool:
@@ -144,6 +153,9 @@ class Trainer:
                 sync_batchnorm(model, self.device)
                 broadcast_state(model, w)  # one model, whatever each process initialised
         optimizers = step.optimizers()
+        average = self.average
+        if average is not None:
+            average.start(step.models)
         schedulers = {name: lr_scheduler(opt, self.scheduler, self.epochs, *self.step_lr)
                       for name, opt in optimizers.items()}
         state = {"epoch": 0, "step": 0, "best_value": None, "best_epoch": 0, "bad_epochs": 0, "history": [],
@@ -166,10 +178,17 @@ class Trainer:
             logs = self._train_epoch(step, optimizers, train_batches(epoch), epoch, steps_per_epoch, state, save)
             for scheduler in schedulers.values():
                 scheduler.step()
-            metrics = self._validate(step, val_batches())
-            record = {"epoch": epoch, **logs, **metrics, "lr": lr, "seconds": round(time.perf_counter() - start, 3)}
-            state["history"].append(record)
-            self._keep_best(step, record, metrics, state)
+            if average is not None:
+                average.after_epoch(epoch, step.models)
+            with self._averaged(step):  # EMA: the average is validated and kept in the model's place
+                metrics = self._validate(step, val_batches())
+                record = {"epoch": epoch, **logs, **metrics, "lr": lr,
+                          "seconds": round(time.perf_counter() - start, 3)}
+                state["history"].append(record)
+                if average is None or average.chooses_epoch:
+                    self._keep_best(step, record, metrics, state)
+                else:
+                    state["best_epoch"] = epoch
             stop = self.patience is not None and state["bad_epochs"] >= self.patience
             state.update(epoch=epoch, finished=stop or epoch == self.epochs, in_epoch=None)
             save()
@@ -178,6 +197,9 @@ class Trainer:
                 callback(epoch, record)
             if stop and w.is_main:
                 self.console.print(f"early stop: no better {self.monitor} for {self.patience} epochs")
+        validation = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
+        if average is not None and not average.chooses_epoch:
+            validation = self._finish_average(step, average, val_batches, state)
         for name, model in step.models.items():
             if w.is_main:
                 model.load_state_dict(load_weights(self.folder / f"{name}.safetensors"))
@@ -186,7 +208,35 @@ class Trainer:
                 plain_batchnorm(model)
         if w.is_main:
             checkpoint.unlink(missing_ok=True)  # the best weights are kept; the resume state is not needed
-        return FitResult(state["history"], state["best_epoch"], state["epoch"], self.monitor)
+        return FitResult(state["history"], state["best_epoch"], state["epoch"], self.monitor, validation)
+
+    @contextlib.contextmanager
+    def _averaged(self, step):
+        """The averaged weights in the models while the block runs (none to swap: the models as
+        they are); the trained weights back afterwards, to train on."""
+        weights = self.average.weights() if self.average is not None else None
+        if weights is None:
+            yield
+            return
+        trained = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in step.models.items()}
+        for name, model in step.models.items():
+            model.load_state_dict(weights[name])
+        try:
+            yield
+        finally:
+            for name, model in step.models.items():
+                model.load_state_dict(trained[name])
+
+    def _finish_average(self, step, average: SWAWeights, val_batches, state: dict) -> dict:
+        """SWA's mean into the models, BatchNorm's statistics recomputed; saved and validated."""
+        average.finish(step.models, self.device)
+        self._save_weights(step)
+        metrics = self._validate(step, val_batches())
+        if self.world.is_main:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in (self.monitor, "val_loss", *SHOWN))
+            self.console.print(f"{average.describe()}, BatchNorm recomputed on the training cases: {shown}",
+                               highlight=False)
+        return {"epoch": state["best_epoch"], "averaged_epochs": average.averaged_epochs(), **metrics}
 
     def _train_epoch(self, step, optimizers, batches, epoch, total, state, save) -> dict[str, float]:
         """Mean of each logged number over the epoch's steps (with several processes, of the whole
@@ -210,6 +260,8 @@ class Trainer:
                 ctx = StepContext(self.device, epoch, state["step"], optimizers, share, w)
                 with autocast(self.device):
                     out = step.train_step(part, ctx)
+                if self.average is not None:
+                    self.average.after_step(step.models)
                 values = {k: float(v.item() if torch.is_tensor(v) else v) for k, v in out.items()}
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + share * value
@@ -273,7 +325,7 @@ class Trainer:
         save_state({"models": {n: m.state_dict() for n, m in step.models.items()},
                     "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                     "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-                    "loop": state}, path)
+                    "loop": state, **({"average": self.average.state_dict()} if self.average else {})}, path)
 
     def _resume(self, saved, path, step, optimizers, schedulers) -> dict:
         """Every process takes up rank 0's checkpoint, whatever the number of processes that wrote it."""
@@ -285,6 +337,11 @@ class Trainer:
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(saved["optimizers"][name])
             schedulers[name].load_state_dict(saved["schedulers"][name])
+        if self.average is not None:
+            if "average" not in saved:
+                raise MedsightError(f"{path}: the checkpoint was trained without the weight average this stage "
+                                    "keeps; delete it to start the stage again")
+            self.average.load_state_dict(saved["average"])
         state = saved["loop"]
         where = f"after epoch {state['epoch']}" if state["in_epoch"] is None else \
             f"in epoch {state['epoch'] + 1} after step {state['in_epoch']['done']}"
@@ -304,8 +361,10 @@ class Trainer:
         shown = "  ".join(f"{k} {record[k]:.4f}" for k in keys if isinstance(record.get(k), float))
         best = state["best_value"]
         best_txt = "n/a" if best is None else f"{best:.4f}"
-        self.console.print(f"epoch {record['epoch']:>3}/{self.epochs}  {shown}  "
-                           f"(best {self.monitor} {best_txt} @ {state['best_epoch']})  {record['seconds']:.1f}s",
+        kept = f"best {self.monitor} {best_txt} @ {state['best_epoch']}" if self.average is None \
+            else f"{self.average.describe()}" + (f", best {best_txt} @ {state['best_epoch']}"
+                                                 if self.average.chooses_epoch else "")
+        self.console.print(f"epoch {record['epoch']:>3}/{self.epochs}  {shown}  ({kept})  {record['seconds']:.1f}s",
                            highlight=False)
         sys.stderr.flush()
 

@@ -6,6 +6,9 @@ cross-entropy on the labelled cases outside an official test split.
 - the network and its options: ``model.name``, ``model.options`` (``spatial_dims`` follows the data)
 - class-weighted cross-entropy: ``train.class_weights: balanced``
 - augmentation: ``augment.*``; the loop: ``train.*`` (optimiser, schedule, ``early_stopping``)
+- weights kept: the best epoch's, or an average (``train.weight_average: ema | swa``)
+- the validation cases: the layout's official split, or with ``data.val_source: train`` fold
+  ``data.val_fold`` of the training cases (the official one withheld for one final score)
 - the best epoch: validation AUC (binary), BMA (multi-class) or, with ``predict.one_vs_rest``,
   the mean one-vs-rest AUC, unless ``train.early_stopping.metric`` names another
 - test-time averaging: ``predict.tta`` (flips), ``predict.crops: 9`` (a 3x3 grid of crops of side

@@ -34,7 +34,7 @@ class TrainingData:
 
     dataset: Dataset
     task: Task | None
-    split: dict[str, list[Sample]]  # train, val, heldout
+    split: dict[str, list[Sample]]  # train, val, heldout, withheld
     train: Loaded
     val: Loaded
     input: InputInfo  # the channels, size and normalisation of the network input
@@ -90,7 +90,7 @@ def prepare_training(cfg: RecipeConfig, recipe: str, select: Callable[[Dataset, 
         raise InputError(dataset.root, f"only {len(samples)} usable cases for the {recipe} recipe")
     data = cfg.data
     split = split_samples(samples, [stratum(task, s) for s in samples], data.val_fraction, data.split_seed,
-                          data.folds, data.fold)
+                          data.folds, data.fold, data.val_source, data.val_fold)
     preprocess = preprocessor(cfg, channels=None)
     train, _ = load_samples(split["train"], preprocess, task, need_masks, console=console,
                             description="loading training cases")
@@ -130,9 +130,10 @@ def start_run(run: RunDir, cfg: RecipeConfig, recipe: str, data: TrainingData, r
                            data=DataInfo(dataset.name, str(dataset.root), len(data.train.ids), len(data.val.ids),
                                          len(split["heldout"])))
     record = broadcast_object(record)  # among torchrun's processes, rank 0's run (the others write nowhere)
-    held = len(data.split["heldout"])
+    held, withheld = len(data.split["heldout"]), len(data.split.get("withheld", ()))
     console.print(f"{recipe} recipe: {len(data.train.ids)} training, {len(data.val.ids)} validation cases"
-                  + (f", {held} held out" if held else ""))
+                  + (f", {held} held out" if held else "")
+                  + (f"; the {withheld} official validation cases withheld (data.val_source: train)" if withheld else ""))
     run.write_record(record)
     run.write_split({k: [s.id for s in v] for k, v in data.split.items()})
     return record

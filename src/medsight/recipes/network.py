@@ -15,6 +15,7 @@ from rich.console import Console
 
 from medsight.config import NetworkConfig, TrainConfig
 from medsight.engine import Step, Stream, Trainer, one_stream, two_stream_steps, two_streams
+from medsight.engine.averaging import weight_average
 from medsight.engine.checkpoint import load_weights, save_weights
 from medsight.engine.distributed import broadcast_state, world
 from medsight.engine.streams import batch_indices
@@ -81,7 +82,8 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
     of :func:`training_stream`, or of the recipe's own ``stream``), or with ``unlabelled`` a second
     stream beside them (batches ``{"lb": ..., "ulb": ...}``); validation on the ``val`` cases'
     :func:`eval_batches`, or on the recipe's own ``validation`` batches.
-    Early stopping and the best epoch follow ``train.early_stopping`` (else the step's monitor).
+    Early stopping and the best epoch follow ``train.early_stopping`` (else the step's monitor);
+    ``train.weight_average`` keeps an average of the weights instead (:func:`stage_average`).
     When an earlier attempt finished this stage, its best weights are read back instead.
     Returns the record with the stage finished (also written to the run directory)."""
     stage_dir = run.stage_dir(folder)
@@ -94,10 +96,12 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
             broadcast_state(model)
         return record
     t, es = cfg.train, cfg.train.early_stopping
+    own_inputs = stream is not None or unlabelled is not None or validation is not None
     trainer = Trainer(stage_dir, t.epochs, device, cfg.seed, scheduler=t.scheduler, step_lr=(t.step_every, t.step_gamma),
                       monitor=es.metric if es else None, mode=es.mode if es else None,
                       patience=es.patience if es else None, checkpoint_every=t.checkpoint_every,
-                      callbacks=callbacks, console=console)
+                      callbacks=callbacks, console=console,
+                      average=stage_average(t, stage, step, train, record.input, own_inputs))
     labelled = stream or training_stream(train, record.input, cfg, device)
     if unlabelled is None:
         batches: Callable[[int], Iterator] = lambda epoch: one_stream(labelled, cfg.seed, epoch)  # noqa: E731
@@ -112,11 +116,26 @@ def fit_network(run: RunDir, record: RunRecord, stage: str, step: Step, train: L
 
         write_csv(stage_dir / "history.csv", fit.history)
         plot_history(fit.history, stage_dir / "training_curves.png", fit.monitor)
-    best = next(r for r in fit.history if r["epoch"] == fit.best_epoch)
     record = record.with_stage(stage, StageRecord(finished=True, best_epoch=fit.best_epoch, epochs_run=fit.epochs_run,
-                                                  monitor=fit.monitor, validation=best))
+                                                  monitor=fit.monitor, validation=fit.validation))
     run.write_record(record)
     return record
+
+
+def stage_average(t: TrainConfig, stage: str, step: Step, train: Loaded, info: InputInfo, own_inputs: bool):
+    """The weight average ``train.weight_average`` asks for (None for ``none``). It averages one
+    network; SWA recomputes BatchNorm's statistics on the training images as validation sees
+    them (normalised, not augmented), so the stage must feed its network those images."""
+    if t.weight_average == "none":
+        return None
+    if len(step.models) != 1:
+        raise ConfigError(f"train.weight_average: the {stage} stage trains {len(step.models)} networks together "
+                          f"({', '.join(step.models)}); weight averaging is for stages of one network")
+    if t.weight_average == "swa" and own_inputs:
+        raise ConfigError(f"train.weight_average: swa recomputes BatchNorm on the training images, and the {stage} "
+                          "stage feeds its network other inputs; use ema")
+    return weight_average(t.weight_average, t.epochs, t.ema_decay, t.swa_epochs,
+                          lambda: (b["x"] for b in eval_batches(train, info, t.batch_size)))
 
 
 def read_network(run: RunDir, record: RunRecord, stage: str, model: torch.nn.Module, path: Path,
