@@ -258,3 +258,23 @@ def test_two_processes_never_hold_the_lock_together(tmp_path):
     assert all(p.wait(timeout=120) == 0 for p in procs)
     marks = log.read_text().split()
     assert marks and marks == ["+", "-"] * (len(marks) // 2)
+
+
+def test_a_run_saved_before_an_option_was_added_resumes_with_that_options_default(tmp_path):
+    """An upgrade that adds a config key (its default keeps the old behaviour) must not block the
+    resume of a run whose config.yaml predates the key; a changed value still does."""
+    from builders import CONFIGS
+    from medsight.recipes import load_config
+
+    cfg = load_config(CONFIGS / "demo_resnet.yaml")
+    saved = cfg.to_dict()
+    del saved["train"]["weight_average"], saved["data"]["val_source"]  # as an earlier medsight wrote it
+    run = RunDir(tmp_path / "run")
+    run.create(saved)
+    run.write_record(record(stages={"network": StageRecord(finished=True)}))
+    with pytest.raises(MedsightError, match=r"different config \(data.val_source, train.weight_average\)"):
+        run.resumable(cfg.to_dict())  # compared as saved, the missing keys differ
+    assert run.resumable(cfg.to_dict(), cfg.completed) is True
+    changed = load_config(CONFIGS / "demo_resnet.yaml", ["train.weight_average=ema"])
+    with pytest.raises(MedsightError, match=r"different config \(train.weight_average\)"):
+        run.resumable(changed.to_dict(), changed.completed)

@@ -123,6 +123,15 @@ class RecipeConfig(Section):
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
+    def completed(self, saved: dict) -> dict:
+        """A config saved by an earlier medsight with the keys added since at their defaults (which
+        keep the behaviour it ran with), to compare with this one; ``saved`` as it is if it no
+        longer validates."""
+        try:
+            return type(self).model_validate(saved).to_dict()
+        except ValidationError:
+            return saved
+
 
 class NetworkConfig(RecipeConfig):
     """A recipe that trains a network: the network, its training and the augmentation of its batches."""

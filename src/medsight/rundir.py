@@ -26,7 +26,7 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -181,10 +181,12 @@ class RunDir:
         return self.path / folder
 
     # -- before training ----------------------------------------------------------------------
-    def resumable(self, config: dict) -> bool:
+    def resumable(self, config: dict, complete: Callable[[dict], dict] | None = None) -> bool:
         """Whether this folder holds progress of an unfinished run of ``config`` to resume
         (writes nothing). A finished run, an unfinished run of another config, a run of an
-        earlier layout or a folder that is not a run are refused. An attempt that never finished
+        earlier layout or a folder that is not a run are refused. ``complete`` fills the saved
+        config's missing keys (options added since it was written) with their defaults before
+        the comparison, so an upgrade alone does not block a resume. An attempt that never finished
         an epoch or a stage (a config error found late, an interrupted data loading) holds nothing
         to keep: it is started afresh, whatever its config."""
         if not self._entries():
@@ -198,6 +200,8 @@ class RunDir:
         if not self._progress(record):
             return False
         saved = self.read_config()
+        if complete is not None:
+            saved = complete(saved)
         if saved != config:
             diff = sorted(_diff_keys(saved, config))
             raise MedsightError(f"{self.path}: holds an unfinished run with a different config "

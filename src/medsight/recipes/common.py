@@ -110,7 +110,7 @@ def start_training(run: RunDir, cfg: RecipeConfig, recipe: str, select: Callable
     the way: refuse a folder that may not be written (before any data is read), prepare the data
     (:func:`prepare_training`), let ``check`` refuse settings the data contradicts, and only then
     write the run directory (or take up the unfinished run in it)."""
-    resuming = run.resumable(cfg.to_dict())
+    resuming = run.resumable(cfg.to_dict(), cfg.completed)
     data = prepare_training(cfg, recipe, select, stratum, need_masks, console)
     if check is not None:
         check(data)

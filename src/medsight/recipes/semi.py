@@ -176,7 +176,7 @@ class SemiRecipe(MVKBCRecipe):
         of the training cases before the run directory (and its split) is written."""
         cfg = self.cfg
         self.device_ = select_device(device)
-        resuming = run.resumable(cfg.to_dict())
+        resuming = run.resumable(cfg.to_dict(), cfg.completed)
         need_masks = cfg.mvkbc.size_input
         data = prepare_training(cfg, self.name, labelled_cases, label_stratum, need_masks, self.console)
         data, unlabelled = with_unlabelled(data, cfg, need_masks, self.console)
