@@ -16,6 +16,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from medsight.cli_input import (
+    open_input,
+    report_rejected,
+    restrict_to_split,
+    warn_if_unlike_training,
+)
 from medsight.errors import MedsightError
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # never break paths in messages
@@ -24,20 +30,6 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)  # never break p
 def _default_run_dir(config: Path) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.stem}-{stamp}"
-
-
-def _open_input(inputs: tuple[str, ...], fmt: str | None, recipe=None):
-    """The INPUT dataset. Input in the layout ``recipe``'s run was trained on is read with the run's
-    reader options (e.g. LIDC's ``label_rule``), so its labels mean what they meant in training."""
-    from medsight.data import detect_format, open_dataset
-
-    if not inputs:
-        raise click.UsageError("give an INPUT: a dataset root, a folder of images or image files")
-    options = {}
-    if recipe is not None and recipe.cfg.data.options and len(inputs) == 1:
-        if (fmt or detect_format(inputs[0])) == recipe.record_.data.format:
-            options = dict(recipe.cfg.data.options)
-    return open_dataset(list(inputs) if len(inputs) > 1 else inputs[0], format=fmt, **options)
 
 
 @contextlib.contextmanager
@@ -50,26 +42,6 @@ def _writing(target: Path):
         if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
             raise MedsightError(f"{target}: cannot write ({exc.strerror})") from None
         raise
-
-
-def _warn_if_unlike_training(record, preds) -> None:
-    """One warning when the cases clearly differ from the run's training images; never a refusal."""
-    from medsight.recipes.familiar import differences
-
-    loaded = preds.loaded
-    by_id = {s.id: s for s in preds.dataset.samples} if preds.dataset is not None else {}
-    found = differences(record.input, [by_id[i] for i in loaded.ids if i in by_id], loaded.images,
-                        loaded.original_sizes)
-    if found:
-        console.print(f"[yellow]warning: these cases look unlike the data the run was trained on ({'; '.join(found)}); "
-                      "its predictions may not hold for them[/yellow]")
-
-
-def _report_rejected(rejected) -> None:
-    if rejected:
-        console.print(f"[yellow]{len(rejected)} case(s) rejected:[/yellow]")
-        for problem in rejected:
-            console.print(f"  - {problem}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,12 +124,12 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     recipe = load_runs(runs, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
-    dataset = _open_input(inputs, fmt, recipe)
+    dataset = open_input(inputs, fmt, recipe)
     preds = predict_shared(recipe, dataset)
     if not w.is_main:  # rank 0 writes what all the processes predicted
         return
-    _warn_if_unlike_training(recipe.record_, preds)
-    _report_rejected(preds.rejected)
+    warn_if_unlike_training(recipe.record_, preds, console)
+    report_rejected(preds.rejected, console)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be predicted")
     with _writing(out):
@@ -180,8 +152,8 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     Several RUN_DIRs are evaluated as one ensemble: the mean of their outputs."""
     from medsight.ensemble import cases_used, load_runs, split_runs
     from medsight.io import check_writable, jsonable, save_json
-    from medsight.report import format_table
     from medsight.recipes.common import predict_shared
+    from medsight.report import format_table
 
     if out is not None and out.exists():
         raise MedsightError(f"{out}: exists; choose another --out")
@@ -191,13 +163,13 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     w = _start_processes(device)
     recipe = load_runs(runs, device, console if w.is_main else Console(quiet=True))
     check_writable(out or run_dir)  # before the work, not after it
-    dataset = _restrict(_open_input(inputs, fmt, recipe), split, runs)
+    dataset = restrict_to_split(open_input(inputs, fmt, recipe), split, runs)
     same_data = str(Path(dataset.root).resolve()) == str(Path(recipe.record_.data.root).resolve())
     preds = predict_shared(recipe, dataset, need_masks=recipe.needs_masks)
     if not w.is_main:  # rank 0 writes what all the processes predicted
         return
-    _warn_if_unlike_training(recipe.record_, preds)
-    _report_rejected(preds.rejected)
+    warn_if_unlike_training(recipe.record_, preds, console)
+    report_rejected(preds.rejected, console)
     if not preds.loaded.ids:
         raise MedsightError(f"{dataset.root}: no case could be evaluated ({len(preds.rejected)} rejected)")
     result = recipe.evaluate(dataset, preds)
@@ -229,21 +201,6 @@ def evaluate(run_dir, inputs, fmt, out, split, device):
     console.print(f"metrics written to {target}")
 
 
-def _restrict(dataset, split: str | None, runs: list[Path]):
-    if split is None:
-        return dataset
-    if split == "heldout":
-        from medsight.ensemble import heldout_ids
-
-        ids = heldout_ids(runs)
-        dataset.samples = [s for s in dataset.samples if s.id in ids]
-        return dataset
-    subset = dataset.subset(split)
-    if not subset.samples:
-        raise MedsightError(f"{dataset.root}: has no cases in split {split!r}")
-    return subset
-
-
 def _unique(path: Path) -> Path:
     n = 2
     candidate = path
@@ -266,7 +223,7 @@ def data_check(inputs, fmt):
     from medsight.data.check import format_summary, summarize
     from medsight.progress import track
 
-    dataset = _open_input(inputs, fmt)
+    dataset = open_input(inputs, fmt)
     summary = summarize(dataset, progress=lambda samples: track(samples, "checking cases", console))
     click.echo(format_summary(summary))
     if summary["problems"]:
@@ -325,12 +282,12 @@ def features_cmd(kind, inputs, mask, fmt, out, bin_width, bin_count, distances, 
             raise click.UsageError("--mask goes with exactly one image or volume INPUT")
         dataset = single_case(Path(inputs[0]), mask)
     else:
-        dataset = _open_input(inputs, fmt)
+        dataset = open_input(inputs, fmt)
     settings = Settings(bin_width=bin_width, bin_count=bin_count, distances=tuple(distances) or (1,),
                         n_coefficients=n_coefficients)
     rows, rejected = extract(kinds, dataset, settings, lambda items, total: track(items, f"{kind} features", console,
                                                                                   total=total), jobs=jobs)
-    _report_rejected(rejected)
+    report_rejected(rejected, console)
     if not rows:
         raise MedsightError(f"{dataset.root}: no case could be described"
                             + (f" ({rejected[0]})" if len(rejected) == 1 else f" ({len(rejected)} rejected)"))
