@@ -3,7 +3,9 @@ with labelled and unlabelled nodules side by side (``semi.algorithm``):
 
 - ``supervised``: the labelled nodules alone, the reference at the same label fraction (with
   ``data.labelled_fraction: 1`` it is the ``mvkbc`` recipe, weight for weight);
-- ``mean_teacher`` and ``fixmatch``: the steps of :mod:`medsight.recipes.semi_steps`.
+- ``mean_teacher`` and ``fixmatch``: the steps of :mod:`medsight.recipes.semi_steps`;
+- ``ssac``: MK-SSAC, MV-KBC with adversarial autoencoders and transition layers, two stages
+  (:mod:`medsight.recipes.semi_ssac`, options in the ``ssac`` section).
 
 The data (:mod:`medsight.data.label_fraction`): validation and held-out cases are split off the
 labelled cases exactly as every supervised recipe does (the same folds); then within the training
@@ -40,12 +42,13 @@ from medsight.recipes.common import (TrainingData, label_stratum, labelled_cases
 from medsight.recipes.mvkbc import MVKBCConfig, MVKBCRecipe, MVKBCStep, augment_patches, patch_stream
 from medsight.recipes.network import fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded, load_samples, normalise, subset
+from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch")
-USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7}
-USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0}
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac")
+USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, "ssac": 1}  # ssac: not USB's, medsight's
+USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, "ssac": 0.0}  # ssac: its own weights
 
 
 class SemiData(DataConfig):
@@ -60,7 +63,7 @@ def strong_augment() -> AugmentConfig:
 
 
 class SemiOptions(Section):
-    algorithm: Literal["supervised", "mean_teacher", "fixmatch"] = "supervised"
+    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac"] = "supervised"
     uratio: int | None = Field(None, ge=1)  # unlabelled batch = uratio x train.batch_size (None: USB's)
     unsup_weight: float | None = Field(None, ge=0)  # the unlabelled loss's weight (None: USB's)
     rampup: float = Field(0.4, ge=0, le=1)  # mean_teacher: fraction of the training steps to reach the weight
@@ -85,11 +88,14 @@ class SemiConfig(MVKBCConfig):
     recipe: Literal["semi"]  # type: ignore[assignment]
     data: SemiData
     semi: SemiOptions = Field(default_factory=SemiOptions)
+    ssac: SSACOptions = Field(default_factory=SSACOptions)  # semi.algorithm: ssac
 
     @model_validator(mode="after")
     def _one_stage(self):
         if self.mvkbc.pretrain_views:
             raise ValueError("the semi recipe trains the network end to end; set mvkbc.pretrain_views: false")
+        if self.semi.algorithm == "ssac" and self.semi.unsup_weight is not None:
+            raise ValueError("semi.unsup_weight: ssac weighs its losses with ssac.rec_weight and ssac.adv_weight")
         return self
 
 
@@ -135,9 +141,10 @@ def cutout(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tens
 def unlabelled_stream(loaded: Loaded, info: InputInfo, cfg: SemiConfig, device: torch.device) -> Stream:
     """Batches of ``semi.ratio`` x ``train.batch_size`` unlabelled nodules, each in two augmented
     views: ``student`` and ``teacher`` (Mean Teacher: two independent weak views, ``augment``), or
-    ``weak`` (``augment``) and ``strong`` (``semi.strong`` and cutout) for FixMatch."""
+    ``weak`` (``augment``) and ``strong`` (``semi.strong`` and cutout) for FixMatch; one ``weak`` view
+    for the others (SSAC's R)."""
     semi = cfg.semi
-    names = ("student", "teacher") if semi.algorithm == "mean_teacher" else ("weak", "strong")
+    names = {"mean_teacher": ("student", "teacher"), "fixmatch": ("weak", "strong")}.get(semi.algorithm, ("weak",))
 
     def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
         x = normalise(loaded.images[idx].to(device), info.mean, info.std)
@@ -156,6 +163,11 @@ def unlabelled_stream(loaded: Loaded, info: InputInfo, cfg: SemiConfig, device: 
 class SemiRecipe(MVKBCRecipe):
     name = "semi"
     Config = SemiConfig
+
+    def build(self, info: InputInfo):
+        """MV-KBC's network; for ``ssac`` inside :class:`medsight.models.ssac.SSACNet`."""
+        net = super().build(info)
+        return ssac_network(net, info, self.cfg.ssac) if self.cfg.semi.algorithm == "ssac" else net
 
     def step(self, cfg: SemiConfig, stream: Stream, unlabelled: Stream):
         """The algorithm's step; Mean Teacher's loss weight ramps over ``semi.rampup`` of the steps."""
@@ -188,6 +200,9 @@ class SemiRecipe(MVKBCRecipe):
         stream = patch_stream(data.train, record.input, cfg, self.device_)
         ulb = None if cfg.semi.algorithm == "supervised" else unlabelled_stream(unlabelled, record.input, cfg,
                                                                                 self.device_)
+        if cfg.semi.algorithm == "ssac":
+            record = fit_ssac(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
+            return self.finish(run, record, data, started)
         step = self.step(cfg, stream, ulb)
         record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
                              callbacks, stream=stream, unlabelled=ulb, epoch_length=cfg.semi.epoch_length)
