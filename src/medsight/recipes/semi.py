@@ -5,7 +5,9 @@ with labelled and unlabelled nodules side by side (``semi.algorithm``):
   ``data.labelled_fraction: 1`` it is the ``mvkbc`` recipe, weight for weight);
 - ``mean_teacher`` and ``fixmatch``: the steps of :mod:`medsight.recipes.semi_steps`;
 - ``ssac``: MK-SSAC, MV-KBC with adversarial autoencoders and transition layers, two stages
-  (:mod:`medsight.recipes.semi_ssac`, options in the ``ssac`` section).
+  (:mod:`medsight.recipes.semi_ssac`, options in the ``ssac`` section);
+- ``aae``: MK-AAE, each MV-KBC stream the encoder of a semi-supervised adversarial autoencoder
+  (:mod:`medsight.recipes.semi_aae`, options in the ``aae`` section).
 
 The data (:mod:`medsight.data.label_fraction`): validation and held-out cases are split off the
 labelled cases exactly as every supervised recipe does (the same folds); then within the training
@@ -42,13 +44,15 @@ from medsight.recipes.common import (TrainingData, label_stratum, labelled_cases
 from medsight.recipes.mvkbc import MVKBCConfig, MVKBCRecipe, MVKBCStep, augment_patches, patch_stream
 from medsight.recipes.network import fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded, load_samples, normalise, subset
+from medsight.recipes.semi_aae import AAEOptions, fit_aae
 from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac")
-USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, "ssac": 1}  # ssac: not USB's, medsight's
-USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, "ssac": 0.0}  # ssac: its own weights
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac", "aae")
+OWN_WEIGHTS = ("ssac", "aae")  # not USB's algorithms: uratio 1 (medsight's), their loss weights in their sections
+USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, "ssac": 1, "aae": 1}
+USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, "ssac": 0.0, "aae": 0.0}
 
 
 class SemiData(DataConfig):
@@ -63,7 +67,7 @@ def strong_augment() -> AugmentConfig:
 
 
 class SemiOptions(Section):
-    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac"] = "supervised"
+    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae"] = "supervised"
     uratio: int | None = Field(None, ge=1)  # unlabelled batch = uratio x train.batch_size (None: USB's)
     unsup_weight: float | None = Field(None, ge=0)  # the unlabelled loss's weight (None: USB's)
     rampup: float = Field(0.4, ge=0, le=1)  # mean_teacher: fraction of the training steps to reach the weight
@@ -89,13 +93,16 @@ class SemiConfig(MVKBCConfig):
     data: SemiData
     semi: SemiOptions = Field(default_factory=SemiOptions)
     ssac: SSACOptions = Field(default_factory=SSACOptions)  # semi.algorithm: ssac
+    aae: AAEOptions = Field(default_factory=AAEOptions)  # semi.algorithm: aae
 
     @model_validator(mode="after")
     def _one_stage(self):
         if self.mvkbc.pretrain_views:
             raise ValueError("the semi recipe trains the network end to end; set mvkbc.pretrain_views: false")
-        if self.semi.algorithm == "ssac" and self.semi.unsup_weight is not None:
-            raise ValueError("semi.unsup_weight: ssac weighs its losses with ssac.rec_weight and ssac.adv_weight")
+        algorithm = self.semi.algorithm
+        if algorithm in OWN_WEIGHTS and self.semi.unsup_weight is not None:
+            raise ValueError(f"semi.unsup_weight: {algorithm} weighs its losses with {algorithm}.rec_weight and "
+                             f"{algorithm}.adv_weight")
         return self
 
 
@@ -200,8 +207,9 @@ class SemiRecipe(MVKBCRecipe):
         stream = patch_stream(data.train, record.input, cfg, self.device_)
         ulb = None if cfg.semi.algorithm == "supervised" else unlabelled_stream(unlabelled, record.input, cfg,
                                                                                 self.device_)
-        if cfg.semi.algorithm == "ssac":
-            record = fit_ssac(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
+        if cfg.semi.algorithm in OWN_WEIGHTS:
+            fit = fit_ssac if cfg.semi.algorithm == "ssac" else fit_aae
+            record = fit(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
             return self.finish(run, record, data, started)
         step = self.step(cfg, stream, ulb)
         record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,

@@ -72,12 +72,13 @@ def reconstruction_loss(decoders, encoded, inputs) -> torch.Tensor:
     return torch.stack([F.mse_loss(dec(code), x) for dec, (_, code), x in zip(decoders, encoded, inputs)]).mean()
 
 
-def discriminator_loss(discriminators, codes: list[torch.Tensor]) -> torch.Tensor:
+def discriminator_loss(discriminators, codes: list[torch.Tensor], draw=torch.randn_like) -> torch.Tensor:
     """Mean over streams of (BCE(D(prior draw), 1) + BCE(D(code), 0)) / 2; codes are detached, so
-    only the discriminators learn from it. Prior: N(0, I), drawn from torch's generator."""
+    only the discriminators learn from it. ``draw(code)``: a draw of the prior shaped like ``code``
+    (N(0, I) by default), from torch's generator."""
     out = []
     for disc, code in zip(discriminators, codes):
-        real, fake = disc(torch.randn_like(code)), disc(code.detach())
+        real, fake = disc(draw(code)), disc(code.detach())
         out.append((F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
                     + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))) / 2)
     return torch.stack(out).mean()
