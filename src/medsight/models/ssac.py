@@ -64,9 +64,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(N, latent) -> (N, 1, S, S): the encoder's stages in reverse, each size restored exactly."""
+    """(N, latent) -> (N, out_channels, S, S): the encoder's stages in reverse, each size restored
+    exactly (also MK-CatGAN's generator, with all of a nodule's patches as its channels)."""
 
-    def __init__(self, channels: tuple[int, ...], latent: int, image_size: tuple[int, int]):
+    def __init__(self, channels: tuple[int, ...], latent: int, image_size: tuple[int, int], out_channels: int = 1):
         super().__init__()
         self.sizes = [tuple(image_size), *stage_sizes(image_size, len(channels))]  # input, stage 1 .. n
         self.channels = tuple(channels)
@@ -74,7 +75,7 @@ class Decoder(nn.Module):
         self.expand = nn.Sequential(nn.Linear(latent, channels[-1] * h * w), nn.LeakyReLU(0.2, inplace=True))
         widths = tuple(reversed(channels))  # n .. 1
         self.stages = nn.ModuleList(_conv_stage(widths[i], widths[i + 1], 1) for i in range(len(widths) - 1))
-        self.out = nn.Conv2d(widths[-1], 1, 3, 1, 1)
+        self.out = nn.Conv2d(widths[-1], out_channels, 3, 1, 1)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         x = self.expand(code).reshape(len(code), self.channels[-1], *self.sizes[-1])

@@ -7,7 +7,9 @@ with labelled and unlabelled nodules side by side (``semi.algorithm``):
 - ``ssac``: MK-SSAC, MV-KBC with adversarial autoencoders and transition layers, two stages
   (:mod:`medsight.recipes.semi_ssac`, options in the ``ssac`` section);
 - ``aae``: MK-AAE, each MV-KBC stream the encoder of a semi-supervised adversarial autoencoder
-  (:mod:`medsight.recipes.semi_aae`, options in the ``aae`` section).
+  (:mod:`medsight.recipes.semi_aae`, options in the ``aae`` section);
+- ``catgan``: MK-CatGAN, the MV-KBC network as a categorical GAN's discriminator
+  (:mod:`medsight.recipes.semi_catgan`, options in the ``catgan`` section).
 
 The data (:mod:`medsight.data.label_fraction`): validation and held-out cases are split off the
 labelled cases exactly as every supervised recipe does (the same folds); then within the training
@@ -45,14 +47,15 @@ from medsight.recipes.mvkbc import MVKBCConfig, MVKBCRecipe, MVKBCStep, augment_
 from medsight.recipes.network import fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded, load_samples, normalise, subset
 from medsight.recipes.semi_aae import AAEOptions, fit_aae
+from medsight.recipes.semi_catgan import CatGANOptions, fit_catgan
 from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac", "aae")
-OWN_WEIGHTS = ("ssac", "aae")  # not USB's algorithms: uratio 1 (medsight's), their loss weights in their sections
-USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, "ssac": 1, "aae": 1}
-USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, "ssac": 0.0, "aae": 0.0}
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan")
+OWN_WEIGHTS = ("ssac", "aae", "catgan")  # not USB's algorithms: uratio 1 (medsight's), weights in their sections
+USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, **dict.fromkeys(OWN_WEIGHTS, 1)}
+USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **dict.fromkeys(OWN_WEIGHTS, 0.0)}
 
 
 class SemiData(DataConfig):
@@ -67,7 +70,7 @@ def strong_augment() -> AugmentConfig:
 
 
 class SemiOptions(Section):
-    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae"] = "supervised"
+    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan"] = "supervised"
     uratio: int | None = Field(None, ge=1)  # unlabelled batch = uratio x train.batch_size (None: USB's)
     unsup_weight: float | None = Field(None, ge=0)  # the unlabelled loss's weight (None: USB's)
     rampup: float = Field(0.4, ge=0, le=1)  # mean_teacher: fraction of the training steps to reach the weight
@@ -94,6 +97,7 @@ class SemiConfig(MVKBCConfig):
     semi: SemiOptions = Field(default_factory=SemiOptions)
     ssac: SSACOptions = Field(default_factory=SSACOptions)  # semi.algorithm: ssac
     aae: AAEOptions = Field(default_factory=AAEOptions)  # semi.algorithm: aae
+    catgan: CatGANOptions = Field(default_factory=CatGANOptions)  # semi.algorithm: catgan
 
     @model_validator(mode="after")
     def _one_stage(self):
@@ -101,8 +105,9 @@ class SemiConfig(MVKBCConfig):
             raise ValueError("the semi recipe trains the network end to end; set mvkbc.pretrain_views: false")
         algorithm = self.semi.algorithm
         if algorithm in OWN_WEIGHTS and self.semi.unsup_weight is not None:
-            raise ValueError(f"semi.unsup_weight: {algorithm} weighs its losses with {algorithm}.rec_weight and "
-                             f"{algorithm}.adv_weight")
+            raise ValueError(f"semi.unsup_weight: {algorithm} weighs its losses in its own section ({algorithm}.*)")
+        if algorithm == "catgan" and self.mvkbc.size_input:
+            raise ValueError("mvkbc.size_input: catgan's generated nodules have no size (no mask)")
         return self
 
 
@@ -208,7 +213,7 @@ class SemiRecipe(MVKBCRecipe):
         ulb = None if cfg.semi.algorithm == "supervised" else unlabelled_stream(unlabelled, record.input, cfg,
                                                                                 self.device_)
         if cfg.semi.algorithm in OWN_WEIGHTS:
-            fit = fit_ssac if cfg.semi.algorithm == "ssac" else fit_aae
+            fit = {"ssac": fit_ssac, "aae": fit_aae, "catgan": fit_catgan}[cfg.semi.algorithm]
             record = fit(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
             return self.finish(run, record, data, started)
         step = self.step(cfg, stream, ulb)
