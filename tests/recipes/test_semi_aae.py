@@ -92,8 +92,8 @@ class Stop(Exception):
 @pytest.mark.slow
 def test_aae_resumes_within_an_epoch_to_the_same_weights(tmp_path, monkeypatch):
     data = write_vois(tmp_path / "vois", n_patients=9)
-    cfg = load_config(CONFIGS / "lidc_voi_semi_aae.yaml", OVERRIDES + ["train.batch_size=2", "train.checkpoint_every=1"],
-                      epochs=2, data=str(data))
+    overrides = OVERRIDES + ["train.batch_size=2", "train.checkpoint_every=1"]
+    cfg = load_config(CONFIGS / "lidc_voi_semi_aae.yaml", overrides, epochs=2, data=str(data))
     recipe_for(cfg).train(RunDir(tmp_path / "full"), "cpu")
     original = AAEStep.train_step
 

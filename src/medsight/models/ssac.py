@@ -96,9 +96,9 @@ class LatentDiscriminator(nn.Module):
         return self.net(code)[:, 0]
 
 
-def backbone_layout(backbone: nn.Module, image_size: tuple[int, int]) -> list[int]:
-    """The channels of C's 4 backbone stages (``layer1`` .. ``layer4`` of a ResNet), probed with a
-    blank patch in eval mode (no running statistic moves)."""
+def backbone_layout(backbone: nn.Module, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(channels, height, width) of C's 4 backbone stages (``layer1`` .. ``layer4`` of a ResNet),
+    probed with a blank patch in eval mode (no running statistic moves)."""
     if not all(hasattr(backbone, f"layer{k}") for k in range(1, 5)):
         raise TypeError(f"SSAC's transitions feed the 4 stages of a ResNet backbone, not {type(backbone).__name__}")
     was_training = backbone.training
@@ -106,12 +106,12 @@ def backbone_layout(backbone: nn.Module, image_size: tuple[int, int]) -> list[in
     with torch.no_grad():
         maps = resnet_stages(backbone, torch.zeros(1, 1, *image_size))
     backbone.train(was_training)
-    return [m.shape[1] for m in maps]
+    return [tuple(m.shape[1:]) for m in maps]
 
 
 def resnet_stages(backbone: nn.Module, x: torch.Tensor, additions=None) -> list[torch.Tensor]:
-    """The maps after each of a ResNet's 4 stages; ``additions[k](size)`` (when given) is added to
-    stage k's map before stage k + 1 reads it."""
+    """The maps after each of a ResNet's 4 stages; ``additions[k](map)`` (when given) is added to
+    stage k's map before stage k + 1 reads it (SSAC's transitions, the Ladder's noise)."""
     x = backbone.act(backbone.bn1(backbone.conv1(x)))
     if not backbone.no_max_pool:
         x = backbone.maxpool(x)
@@ -119,7 +119,7 @@ def resnet_stages(backbone: nn.Module, x: torch.Tensor, additions=None) -> list[
     for k, layer in enumerate((backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)):
         x = layer(x)
         if additions is not None:
-            x = x + additions[k](x.shape[-2:])
+            x = x + additions[k](x)
         maps.append(x)
     return maps
 
@@ -138,9 +138,34 @@ class Transitions(nn.Module):
             raise ValueError(f"transition_init must be 'zero' or 'default', got {init!r}")
 
     def additions(self, encoder_maps: list[torch.Tensor]):
-        """Per stage a function of C's map size giving what to add to C's map."""
-        return [lambda size, conv=conv, m=m: F.adaptive_avg_pool2d(conv(m), tuple(size))
+        """Per stage a function of C's map giving what to add to it."""
+        return [lambda c, conv=conv, m=m: F.adaptive_avg_pool2d(conv(m), tuple(c.shape[-2:]))
                 for conv, m in zip(self.convs, encoder_maps)]
+
+
+def stream_inputs(model: MVKBC, x: torch.Tensor) -> list[torch.Tensor]:
+    """(B, views * patches, S, S) -> per stream of ``model`` (rows, 1, S, S), nodule-major rows (a
+    shared stream's rows: every view of the first nodule, then of the second ...)."""
+    c, x = model, model._split(x)
+    if c.share_views:
+        return [x[:, :, p].flatten(0, 1) for p in range(c.patches)]
+    return [x[:, v, p] for v in range(c.views) for p in range(c.patches)]
+
+
+def per_view(model: MVKBC, outputs: list[torch.Tensor], b: int) -> list[list[torch.Tensor]]:
+    """Per-stream outputs (of :func:`stream_inputs`' rows) back to ``out[v][p]``, (b, ...)."""
+    c = model
+    if c.share_views:
+        return [[outputs[p].unflatten(0, (b, c.views))[:, v] for p in range(c.patches)] for v in range(c.views)]
+    return [[outputs[v * c.patches + p] for p in range(c.patches)] for v in range(c.views)]
+
+
+def per_stream(model: MVKBC, values: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """``values[v][p]`` (b, ...) back to one tensor per stream in :func:`stream_inputs`' rows."""
+    c = model
+    if c.share_views:
+        return [torch.stack([values[v][p] for v in range(c.views)], 1).flatten(0, 1) for p in range(c.patches)]
+    return [values[v][p] for v in range(c.views) for p in range(c.patches)]
 
 
 class SSACNet(nn.Module):
@@ -154,7 +179,7 @@ class SSACNet(nn.Module):
         self.classifier, self.image_size = classifier, tuple(image_size)
         self.channels, self.latent = tuple(channels), latent
         n = len(classifier.streams)
-        layout = backbone_layout(classifier.streams[0].backbone, self.image_size)
+        layout = [c for c, _, _ in backbone_layout(classifier.streams[0].backbone, self.image_size)]
         self.encoders = nn.ModuleList(Encoder(self.channels, latent, self.image_size) for _ in range(n))
         self.transitions = nn.ModuleList(Transitions(self.channels, layout, transition_init) for _ in range(n))
         self.freeze_encoders, self.grad_to_encoders = False, grad_to_encoders
@@ -183,18 +208,7 @@ class SSACNet(nn.Module):
         return self.classifier.views if self.classifier.share_views else 1
 
     def stream_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, views * patches, S, S) -> per stream (rows, 1, S, S), nodule-major rows."""
-        c, x = self.classifier, self.classifier._split(x)
-        if c.share_views:
-            return [x[:, :, p].flatten(0, 1) for p in range(c.patches)]
-        return [x[:, v, p] for v in range(c.views) for p in range(c.patches)]
-
-    def per_view(self, outputs: list[torch.Tensor], b: int) -> list[list[torch.Tensor]]:
-        """Per-stream outputs back to ``maps[v][p]``."""
-        c = self.classifier
-        if c.share_views:
-            return [[outputs[p].unflatten(0, (b, c.views))[:, v] for p in range(c.patches)] for v in range(c.views)]
-        return [[outputs[v * c.patches + p] for p in range(c.patches)] for v in range(c.views)]
+        return stream_inputs(self.classifier, x)
 
     # -- R and C ------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
@@ -212,7 +226,7 @@ class SSACNet(nn.Module):
             if not self.grad_to_encoders:
                 maps = [m.detach() for m in maps]
             out.append(resnet_stages(self.classifier.streams[i].backbone, u, self.transitions[i].additions(maps))[-1])
-        return self.per_view(out, len(x))
+        return per_view(self.classifier, out, len(x))
 
     def stream_maps(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         return self.classifier_maps(x)

@@ -9,7 +9,9 @@ with labelled and unlabelled nodules side by side (``semi.algorithm``):
 - ``aae``: MK-AAE, each MV-KBC stream the encoder of a semi-supervised adversarial autoencoder
   (:mod:`medsight.recipes.semi_aae`, options in the ``aae`` section);
 - ``catgan``: MK-CatGAN, the MV-KBC network as a categorical GAN's discriminator
-  (:mod:`medsight.recipes.semi_catgan`, options in the ``catgan`` section).
+  (:mod:`medsight.recipes.semi_catgan`, options in the ``catgan`` section);
+- ``ladder``: MK-Ladder, each MV-KBC stream the encoder of a Ladder network
+  (:mod:`medsight.recipes.semi_ladder`, options in the ``ladder`` section).
 
 The data (:mod:`medsight.data.label_fraction`): validation and held-out cases are split off the
 labelled cases exactly as every supervised recipe does (the same folds); then within the training
@@ -48,12 +50,15 @@ from medsight.recipes.network import fit_network, make_optimizer, restore_networ
 from medsight.recipes.prepare import Loaded, load_samples, normalise, subset
 from medsight.recipes.semi_aae import AAEOptions, fit_aae
 from medsight.recipes.semi_catgan import CatGANOptions, fit_catgan
+from medsight.recipes.semi_ladder import LadderOptions, fit_ladder
 from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan")
-OWN_WEIGHTS = ("ssac", "aae", "catgan")  # not USB's algorithms: uratio 1 (medsight's), weights in their sections
+# the talk's algorithms (not USB's): unlabelled ratio 1 (medsight's), loss weights in their own sections
+OWN_FITS = {"ssac": fit_ssac, "aae": fit_aae, "catgan": fit_catgan, "ladder": fit_ladder}
+OWN_WEIGHTS = tuple(OWN_FITS)
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", *OWN_WEIGHTS)
 USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, **dict.fromkeys(OWN_WEIGHTS, 1)}
 USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **dict.fromkeys(OWN_WEIGHTS, 0.0)}
 
@@ -70,7 +75,7 @@ def strong_augment() -> AugmentConfig:
 
 
 class SemiOptions(Section):
-    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan"] = "supervised"
+    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan", "ladder"] = "supervised"
     uratio: int | None = Field(None, ge=1)  # unlabelled batch = uratio x train.batch_size (None: USB's)
     unsup_weight: float | None = Field(None, ge=0)  # the unlabelled loss's weight (None: USB's)
     rampup: float = Field(0.4, ge=0, le=1)  # mean_teacher: fraction of the training steps to reach the weight
@@ -98,6 +103,7 @@ class SemiConfig(MVKBCConfig):
     ssac: SSACOptions = Field(default_factory=SSACOptions)  # semi.algorithm: ssac
     aae: AAEOptions = Field(default_factory=AAEOptions)  # semi.algorithm: aae
     catgan: CatGANOptions = Field(default_factory=CatGANOptions)  # semi.algorithm: catgan
+    ladder: LadderOptions = Field(default_factory=LadderOptions)  # semi.algorithm: ladder
 
     @model_validator(mode="after")
     def _one_stage(self):
@@ -212,8 +218,8 @@ class SemiRecipe(MVKBCRecipe):
         stream = patch_stream(data.train, record.input, cfg, self.device_)
         ulb = None if cfg.semi.algorithm == "supervised" else unlabelled_stream(unlabelled, record.input, cfg,
                                                                                 self.device_)
-        if cfg.semi.algorithm in OWN_WEIGHTS:
-            fit = {"ssac": fit_ssac, "aae": fit_aae, "catgan": fit_catgan}[cfg.semi.algorithm]
+        if cfg.semi.algorithm in OWN_FITS:
+            fit = OWN_FITS[cfg.semi.algorithm]
             record = fit(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
             return self.finish(run, record, data, started)
         step = self.step(cfg, stream, ulb)
