@@ -64,7 +64,9 @@ class LadderDecoder(nn.Module):
 
 def denoising_cost(estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the estimate and the clean value, both normalised by the clean
-    batch's per-channel mean and std (constants), as the paper's ||z - zhat_BN||^2 / size."""
+    batch's per-channel mean and std (constants; the mean cancels), as the paper's
+    ||z - zhat_BN||^2 / size."""
+    estimate, clean = estimate.float(), clean.float()  # (bf16 under autocast: the squares in float32)
     dims = [0] + list(range(2, clean.ndim))
     std = clean.detach().std(dims, keepdim=True).clamp_min(1e-4) if clean.numel() > clean.shape[1] else 1.0
     return (((estimate - clean) / std) ** 2).mean()  # the mean cancels in the difference

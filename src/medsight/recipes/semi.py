@@ -23,8 +23,9 @@ lists the ``unlabelled`` ids beside ``train``, ``val`` and ``heldout``. The norm
 over all training patients' nodules, labelled or not (the same for every algorithm).
 
 Defaults are USB's (microsoft/Semi-supervised-learning) for each algorithm where one is not given:
-unlabelled batch ``semi.uratio`` x ``train.batch_size`` (Mean Teacher 1, FixMatch 7), unlabelled
-loss weight ``semi.unsup_weight`` (50, 1), EMA decay 0.999, FixMatch threshold 0.95. Mean
+unlabelled batch ``semi.uratio`` x ``train.batch_size`` (Mean Teacher 1, FixMatch 7; the talk's
+four, which USB has not: 1), unlabelled loss weight ``semi.unsup_weight`` (50, 1; the talk's four
+weigh their losses in their own sections), EMA decay 0.999, FixMatch threshold 0.95. Mean
 Teacher's weight ramps up over the first ``semi.rampup`` (0.4) of the training steps, on the
 sigmoid exp(-5 (1 - t)^2) of Tarvainen & Valpola (USB's ramp is linear). An epoch is one pass over
 the labelled nodules (``semi.epoch_length``), so every algorithm takes the same optimiser steps as
@@ -57,10 +58,9 @@ from medsight.rundir import InputInfo, RunDir, RunRecord
 
 # the talk's algorithms (not USB's): unlabelled ratio 1 (medsight's), loss weights in their own sections
 OWN_FITS = {"ssac": fit_ssac, "aae": fit_aae, "catgan": fit_catgan, "ladder": fit_ladder}
-OWN_WEIGHTS = tuple(OWN_FITS)
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", *OWN_WEIGHTS)
-USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, **dict.fromkeys(OWN_WEIGHTS, 1)}
-USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **dict.fromkeys(OWN_WEIGHTS, 0.0)}
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", *OWN_FITS)
+USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, **dict.fromkeys(OWN_FITS, 1)}
+USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **dict.fromkeys(OWN_FITS, 0.0)}
 
 
 class SemiData(DataConfig):
@@ -110,7 +110,7 @@ class SemiConfig(MVKBCConfig):
         if self.mvkbc.pretrain_views:
             raise ValueError("the semi recipe trains the network end to end; set mvkbc.pretrain_views: false")
         algorithm = self.semi.algorithm
-        if algorithm in OWN_WEIGHTS and self.semi.unsup_weight is not None:
+        if algorithm in OWN_FITS and self.semi.unsup_weight is not None:
             raise ValueError(f"semi.unsup_weight: {algorithm} weighs its losses in its own section ({algorithm}.*)")
         if algorithm == "catgan" and self.mvkbc.size_input:
             raise ValueError("mvkbc.size_input: catgan's generated nodules have no size (no mask)")
