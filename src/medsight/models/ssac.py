@@ -20,6 +20,11 @@ in MV-KBC's multi-view frame. No code is public; the layout below is medsight's 
 ``forward`` has MV-KBC's signature and output, and ``stream_maps`` / ``view_probs_from_maps`` /
 ``logit_from_views`` MV-KBC's meaning (Grad-CAM per view works alike). The decoders and the
 discriminators train R only; they are modules of their own (:func:`reconstruction_parts`).
+
+The stream helpers here serve the other MK methods too (:mod:`medsight.recipes.semi_ladder`):
+:func:`resnet_stages` (a ResNet stage by stage, with something added after each stage),
+:func:`backbone_layout`, and :func:`stream_inputs` / :func:`per_view` / :func:`per_stream`
+(a batch as one input per stream, and back).
 """
 
 from __future__ import annotations
@@ -200,12 +205,6 @@ class SSACNet(nn.Module):
     def classifier_parameters(self) -> list[nn.Parameter]:
         """What C's optimiser trains: the MV-KBC network and the transitions."""
         return [*self.classifier.parameters(), *self.transitions.parameters()]
-
-    # -- the streams' inputs, one tensor per stream ---------------------------------------------------
-    @property
-    def rows_per_case(self) -> int:
-        """Rows of a stream's input per nodule (its views, when the views share the stream)."""
-        return self.classifier.views if self.classifier.share_views else 1
 
     def stream_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         return stream_inputs(self.classifier, x)
