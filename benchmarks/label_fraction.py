@@ -25,7 +25,7 @@ from medsight.metrics import summarize_repeats
 from medsight.report import format_table
 
 FOLDS = 10  # benchmarks/lidc_cv.py's
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch")
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan", "ladder")
 METRICS = ["ACC", "SEN", "SPE", "AUC"]
 
 

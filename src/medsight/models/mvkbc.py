@@ -81,11 +81,12 @@ class MVKBC(nn.Module):
 
     def view_probs_from_maps(self, maps: list[list[torch.Tensor]]) -> torch.Tensor:
         """Each view's KBC softmax, (B, views, 2)."""
-        out = []
-        for v, view_maps in enumerate(maps):
-            patch_probs = torch.cat([self._stream(v, p).forward_head(m) for p, m in enumerate(view_maps)], 1)
-            out.append(self.kbc[v](patch_probs).softmax(1))
-        return torch.stack(out, 1)
+        return self.view_probs_from_patch_probs([[self._stream(v, p).forward_head(m) for p, m in enumerate(view_maps)]
+                                                 for v, view_maps in enumerate(maps)])
+
+    def view_probs_from_patch_probs(self, probs: list[list[torch.Tensor]]) -> torch.Tensor:
+        """Each view's KBC softmax, (B, views, 2), from its patch streams' softmaxes ``probs[v][p]``."""
+        return torch.stack([self.kbc[v](torch.cat(view, 1)).softmax(1) for v, view in enumerate(probs)], 1)
 
     def view_probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.view_probs_from_maps(self.stream_maps(x))

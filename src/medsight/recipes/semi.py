@@ -3,7 +3,15 @@ with labelled and unlabelled nodules side by side (``semi.algorithm``):
 
 - ``supervised``: the labelled nodules alone, the reference at the same label fraction (with
   ``data.labelled_fraction: 1`` it is the ``mvkbc`` recipe, weight for weight);
-- ``mean_teacher`` and ``fixmatch``: the steps of :mod:`medsight.recipes.semi_steps`.
+- ``mean_teacher`` and ``fixmatch``: the steps of :mod:`medsight.recipes.semi_steps`;
+- ``ssac``: MK-SSAC, MV-KBC with adversarial autoencoders and transition layers, two stages
+  (:mod:`medsight.recipes.semi_ssac`, options in the ``ssac`` section);
+- ``aae``: MK-AAE, each MV-KBC stream the encoder of a semi-supervised adversarial autoencoder
+  (:mod:`medsight.recipes.semi_aae`, options in the ``aae`` section);
+- ``catgan``: MK-CatGAN, the MV-KBC network as a categorical GAN's discriminator
+  (:mod:`medsight.recipes.semi_catgan`, options in the ``catgan`` section);
+- ``ladder``: MK-Ladder, each MV-KBC stream the encoder of a Ladder network
+  (:mod:`medsight.recipes.semi_ladder`, options in the ``ladder`` section).
 
 The data (:mod:`medsight.data.label_fraction`): validation and held-out cases are split off the
 labelled cases exactly as every supervised recipe does (the same folds); then within the training
@@ -15,8 +23,9 @@ lists the ``unlabelled`` ids beside ``train``, ``val`` and ``heldout``. The norm
 over all training patients' nodules, labelled or not (the same for every algorithm).
 
 Defaults are USB's (microsoft/Semi-supervised-learning) for each algorithm where one is not given:
-unlabelled batch ``semi.uratio`` x ``train.batch_size`` (Mean Teacher 1, FixMatch 7), unlabelled
-loss weight ``semi.unsup_weight`` (50, 1), EMA decay 0.999, FixMatch threshold 0.95. Mean
+unlabelled batch ``semi.uratio`` x ``train.batch_size`` (Mean Teacher 1, FixMatch 7; the talk's
+four, which USB has not: 1), unlabelled loss weight ``semi.unsup_weight`` (50, 1; the talk's four
+weigh their losses in their own sections), EMA decay 0.999, FixMatch threshold 0.95. Mean
 Teacher's weight ramps up over the first ``semi.rampup`` (0.4) of the training steps, on the
 sigmoid exp(-5 (1 - t)^2) of Tarvainen & Valpola (USB's ramp is linear). An epoch is one pass over
 the labelled nodules (``semi.epoch_length``), so every algorithm takes the same optimiser steps as
@@ -40,12 +49,18 @@ from medsight.recipes.common import (TrainingData, label_stratum, labelled_cases
 from medsight.recipes.mvkbc import MVKBCConfig, MVKBCRecipe, MVKBCStep, augment_patches, patch_stream
 from medsight.recipes.network import fit_network, make_optimizer, restore_network
 from medsight.recipes.prepare import Loaded, load_samples, normalise, subset
+from medsight.recipes.semi_aae import AAEOptions, fit_aae
+from medsight.recipes.semi_catgan import CatGANOptions, fit_catgan
+from medsight.recipes.semi_ladder import LadderOptions, fit_ladder
+from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
-ALGORITHMS = ("supervised", "mean_teacher", "fixmatch")
-USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7}
-USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0}
+# the talk's algorithms (not USB's): unlabelled ratio 1 (medsight's), loss weights in their own sections
+OWN_FITS = {"ssac": fit_ssac, "aae": fit_aae, "catgan": fit_catgan, "ladder": fit_ladder}
+ALGORITHMS = ("supervised", "mean_teacher", "fixmatch", *OWN_FITS)
+USB_UNLABELLED_RATIO = {"supervised": 1, "mean_teacher": 1, "fixmatch": 7, **dict.fromkeys(OWN_FITS, 1)}
+USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **dict.fromkeys(OWN_FITS, 0.0)}
 
 
 class SemiData(DataConfig):
@@ -60,7 +75,7 @@ def strong_augment() -> AugmentConfig:
 
 
 class SemiOptions(Section):
-    algorithm: Literal["supervised", "mean_teacher", "fixmatch"] = "supervised"
+    algorithm: Literal["supervised", "mean_teacher", "fixmatch", "ssac", "aae", "catgan", "ladder"] = "supervised"
     uratio: int | None = Field(None, ge=1)  # unlabelled batch = uratio x train.batch_size (None: USB's)
     unsup_weight: float | None = Field(None, ge=0)  # the unlabelled loss's weight (None: USB's)
     rampup: float = Field(0.4, ge=0, le=1)  # mean_teacher: fraction of the training steps to reach the weight
@@ -85,11 +100,20 @@ class SemiConfig(MVKBCConfig):
     recipe: Literal["semi"]  # type: ignore[assignment]
     data: SemiData
     semi: SemiOptions = Field(default_factory=SemiOptions)
+    ssac: SSACOptions = Field(default_factory=SSACOptions)  # semi.algorithm: ssac
+    aae: AAEOptions = Field(default_factory=AAEOptions)  # semi.algorithm: aae
+    catgan: CatGANOptions = Field(default_factory=CatGANOptions)  # semi.algorithm: catgan
+    ladder: LadderOptions = Field(default_factory=LadderOptions)  # semi.algorithm: ladder
 
     @model_validator(mode="after")
     def _one_stage(self):
         if self.mvkbc.pretrain_views:
             raise ValueError("the semi recipe trains the network end to end; set mvkbc.pretrain_views: false")
+        algorithm = self.semi.algorithm
+        if algorithm in OWN_FITS and self.semi.unsup_weight is not None:
+            raise ValueError(f"semi.unsup_weight: {algorithm} weighs its losses in its own section ({algorithm}.*)")
+        if algorithm == "catgan" and self.mvkbc.size_input:
+            raise ValueError("mvkbc.size_input: catgan's generated nodules have no size (no mask)")
         return self
 
 
@@ -135,9 +159,10 @@ def cutout(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tens
 def unlabelled_stream(loaded: Loaded, info: InputInfo, cfg: SemiConfig, device: torch.device) -> Stream:
     """Batches of ``semi.ratio`` x ``train.batch_size`` unlabelled nodules, each in two augmented
     views: ``student`` and ``teacher`` (Mean Teacher: two independent weak views, ``augment``), or
-    ``weak`` (``augment``) and ``strong`` (``semi.strong`` and cutout) for FixMatch."""
+    ``weak`` (``augment``) and ``strong`` (``semi.strong`` and cutout) for FixMatch; one ``weak`` view
+    for the others (SSAC's R)."""
     semi = cfg.semi
-    names = ("student", "teacher") if semi.algorithm == "mean_teacher" else ("weak", "strong")
+    names = {"mean_teacher": ("student", "teacher"), "fixmatch": ("weak", "strong")}.get(semi.algorithm, ("weak",))
 
     def batch(idx: torch.Tensor, gen: torch.Generator) -> dict:
         x = normalise(loaded.images[idx].to(device), info.mean, info.std)
@@ -156,6 +181,11 @@ def unlabelled_stream(loaded: Loaded, info: InputInfo, cfg: SemiConfig, device: 
 class SemiRecipe(MVKBCRecipe):
     name = "semi"
     Config = SemiConfig
+
+    def build(self, info: InputInfo):
+        """MV-KBC's network; for ``ssac`` inside :class:`medsight.models.ssac.SSACNet`."""
+        net = super().build(info)
+        return ssac_network(net, info, self.cfg.ssac) if self.cfg.semi.algorithm == "ssac" else net
 
     def step(self, cfg: SemiConfig, stream: Stream, unlabelled: Stream):
         """The algorithm's step; Mean Teacher's loss weight ramps over ``semi.rampup`` of the steps."""
@@ -188,6 +218,10 @@ class SemiRecipe(MVKBCRecipe):
         stream = patch_stream(data.train, record.input, cfg, self.device_)
         ulb = None if cfg.semi.algorithm == "supervised" else unlabelled_stream(unlabelled, record.input, cfg,
                                                                                 self.device_)
+        if cfg.semi.algorithm in OWN_FITS:
+            fit = OWN_FITS[cfg.semi.algorithm]
+            record = fit(run, record, self.model_, data, stream, ulb, cfg, self.device_, self.console, callbacks)
+            return self.finish(run, record, data, started)
         step = self.step(cfg, stream, ulb)
         record = fit_network(run, record, "network", step, data.train, data.val, cfg, self.device_, self.console,
                              callbacks, stream=stream, unlabelled=ulb, epoch_length=cfg.semi.epoch_length)
