@@ -124,7 +124,7 @@ def predict(run_dir, inputs, out, fmt, device, maps):
     recipe = load_runs(runs, device, console if w.is_main else Console(quiet=True))
     if maps and maps not in recipe.map_methods:
         raise MedsightError(f"--maps: the {recipe.name} recipe has no class activation maps")
-    dataset = open_input(inputs, fmt, recipe)
+    dataset = open_input(inputs, fmt)  # every case: predictions need no label rule
     preds = predict_shared(recipe, dataset)
     if not w.is_main:  # rank 0 writes what all the processes predicted
         return

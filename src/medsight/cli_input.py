@@ -13,8 +13,9 @@ from medsight.errors import MedsightError
 
 
 def open_input(inputs: tuple[str, ...], fmt: str | None, recipe=None):
-    """The INPUT dataset. Input in the layout ``recipe``'s run was trained on is read with the run's
-    reader options (e.g. LIDC's ``label_rule``), so its labels mean what they meant in training."""
+    """The INPUT dataset. For evaluation (``recipe`` given), input in the layout the run was trained
+    on is read with the run's reader options (e.g. LIDC's ``label_rule``), so its labels mean what
+    they meant in training."""
     from medsight.data import detect_format, open_dataset
 
     if not inputs:
