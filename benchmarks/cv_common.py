@@ -24,16 +24,17 @@ def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, n
     scored is read back, not re-run."""
     run_dir = out / (name or Path(config).stem) / (f"fold{fold}" if fold is not None else "official")
     result_file = run_dir / f"{split}.json"
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
     run = RunDir(run_dir)
+    if result_file.is_file() and "train_seconds" in (result := json.loads(result_file.read_text())):
+        return result
     folding = [] if fold is None else ["--set", f"data.folds={folds}", "--set", f"data.fold={fold}"]
     if not ((run_dir / RECORD_FILE).is_file() and run.read_record().finished):
         subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
                         "--out", str(run_dir), "--device", device, *folding,
                         *[a for o in overrides for a in ("--set", o)]], check=True)
-    subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
-                    split, "--out", str(result_file), "--device", device], check=True)
+    if not result_file.is_file():  # a score left without its timings by a stopped benchmark is kept
+        subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
+                        split, "--out", str(result_file), "--device", device], check=True)
     record = run.read_record()
     result = json.loads(result_file.read_text())
     result["train_seconds"] = record.train_seconds
