@@ -1,6 +1,6 @@
 """What ``predict`` and ``evaluate`` do with their INPUT before and after the recipe sees it: read it
-as the run read its training data, keep the split asked for, and tell the user about cases that
-look unlike the training data or could not be read."""
+(for ``evaluate``, as the run read its training data), keep the split asked for, and tell the user
+about cases that look unlike the training data or could not be read."""
 
 from __future__ import annotations
 
