@@ -27,11 +27,8 @@ def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, n
     run = RunDir(run_dir)
     if result_file.is_file() and "train_seconds" in (result := json.loads(result_file.read_text())):
         return result
-    folding = [] if fold is None else ["--set", f"data.folds={folds}", "--set", f"data.fold={fold}"]
-    if not ((run_dir / RECORD_FILE).is_file() and run.read_record().finished):
-        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
-                        "--out", str(run_dir), "--device", device, *folding,
-                        *[a for o in overrides for a in ("--set", o)]], check=True)
+    folding = () if fold is None else (f"data.folds={folds}", f"data.fold={fold}")
+    train_run(config, data, run_dir, (*folding, *overrides), device)
     if not result_file.is_file():  # a score left without its timings by a stopped benchmark is kept
         subprocess.run([sys.executable, "-m", "medsight.cli", "evaluate", str(run_dir), str(data), "--split",
                         split, "--out", str(result_file), "--device", device], check=True)
@@ -41,6 +38,20 @@ def run_fold(config: str, data: Path, out: Path, fold: int | None, folds: int, n
     result["epochs_run"] = sum(stage.epochs_run for stage in record.stages.values())
     result_file.write_text(json.dumps(result, indent=2))
     return result
+
+
+def train_run(config: str, data: Path, run_dir: Path, overrides: tuple[str, ...] = (), device: str = "cpu") -> Path:
+    """``medsight train config`` into ``run_dir`` with ``--set overrides``, unless a finished run is there."""
+    if not ((run_dir / RECORD_FILE).is_file() and RunDir(run_dir).read_record().finished):
+        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / config), "--data", str(data),
+                        "--out", str(run_dir), "--device", device, *[a for o in overrides for a in ("--set", o)]],
+                       check=True)
+    return run_dir
+
+
+def fold_dirs(runs: Path) -> list[Path]:
+    """The ``fold<k>`` runs of a benchmark's folder, in fold order."""
+    return sorted(runs.glob("fold*"), key=lambda p: int(p.name[4:]))
 
 
 def folds_of(samples, task, folds: int, seed: int = 0) -> list[np.ndarray]:

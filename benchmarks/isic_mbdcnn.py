@@ -22,25 +22,14 @@ Finished runs are reused.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.cv_common import ROOT, run_fold, write_summary
+from benchmarks.cv_common import ROOT, run_fold, train_run, write_summary
 from benchmarks.isic_arl import COLUMNS, last_epoch
 from medsight.report import format_table
-from medsight.rundir import RECORD_FILE, RunDir
 
 CONFIG = "configs/isic2017_mbdcnn.yaml"
-
-
-def train_source(ph2: Path, run_dir: Path) -> Path:
-    """coarse-SN's run on all of PH2 (its own train/val split), trained unless finished; PH2 has no
-    official split to score it on, and the ISIC runs only read its coarse-SN."""
-    if not ((run_dir / RECORD_FILE).is_file() and RunDir(run_dir).read_record().finished):
-        subprocess.run([sys.executable, "-m", "medsight.cli", "train", str(ROOT / "configs/ph2_mbdcnn.yaml"),
-                        "--data", str(ph2), "--out", str(run_dir), "--device", "cpu"], check=True)
-    return run_dir
 
 
 def main() -> None:
@@ -55,7 +44,8 @@ def main() -> None:
     for name, path in (("PH2", args.ph2), ("ISIC-2017", args.isic)):
         if not path.is_dir():
             sys.exit(f"{path}: {name} not found; pass --{name.split('-')[0].lower()}")
-    source = train_source(args.ph2, args.out / "ph2_source").resolve()
+    # coarse-SN's run on all of PH2 (its own train/val split); PH2 has no official split to score it on
+    source = train_run("configs/ph2_mbdcnn.yaml", args.ph2, args.out / "ph2_source").resolve()
     common = (f"coarse.trained={source}", *args.overrides)
     runs = {"isic_mbdcnn": run_fold(CONFIG, args.isic, args.out, None, 0, name="isic_mbdcnn",
                                     overrides=common, split="val"),

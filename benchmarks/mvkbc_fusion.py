@@ -21,23 +21,24 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks.cv_common import ROOT, fold_predictions
+from benchmarks.cv_common import ROOT, fold_dirs, fold_predictions
 from medsight.rundir import RunDir
 
 
 def fold_aucs(run_dir: Path, data: Path) -> dict[str, float]:
     """Held-out AUC of MV-KBC, of the diameter (fit on the training folds) and of their fusion (fit on validation)."""
     recipe, parts = fold_predictions(run_dir, data)
-    diameters = {s.id: float(s.meta["diameter_mm"]) for s in recipe_samples(recipe, data)}
+    samples = recipe_samples(recipe, data)
+    diameters = {s.id: float(s.meta["diameter_mm"]) for s in samples}
     features, labels = {}, {}
     for part, (y, preds) in parts.items():
         p = preds.outputs.numpy()[:, 1].clip(1e-6, 1 - 1e-6)
         features[part] = np.column_stack([np.log(p / (1 - p)), np.log([diameters[i] for i in preds.loaded.ids])])
         labels[part] = y
     fusion = make_pipeline(StandardScaler(), LogisticRegression()).fit(features["val"], labels["val"])
-    train_ids = RunDir(run_dir).split_ids("train")
-    train = [s for s in recipe_samples(recipe, data) if s.id in set(train_ids)]
-    diameter = LogisticRegression().fit(np.log([[float(s.meta["diameter_mm"])] for s in train]),
+    train_ids = set(RunDir(run_dir).split_ids("train"))
+    train = [s for s in samples if s.id in train_ids]
+    diameter = LogisticRegression().fit(np.log([[diameters[s.id]] for s in train]),
                                         [recipe.record_.task.label_of(s.diagnosis) for s in train])
     y, x = labels["heldout"], features["heldout"]
     return {"MV-KBC": roc_auc_score(y, x[:, 0]),
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, help="a folder of fold<k> MV-KBC runs")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
     args = parser.parse_args()
-    folds = sorted(args.runs.glob("fold*"), key=lambda p: int(p.name[4:]))
+    folds = fold_dirs(args.runs)
     rows = []
     for run_dir in folds:
         rows.append(fold_aucs(run_dir, args.data))

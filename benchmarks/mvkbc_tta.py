@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.cv_common import ROOT, fold_predictions
+from benchmarks.cv_common import ROOT, fold_dirs, fold_predictions
 from medsight.recipes.network import eval_batches
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, help="a folder of fold<k> MV-KBC runs")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
     args = parser.parse_args()
-    folds = sorted(args.runs.glob("fold*"), key=lambda p: int(p.name[4:]))
+    folds = fold_dirs(args.runs)
     aucs = {"val": [], "heldout": []}
     for run_dir in folds:
         for part, pair in fold_aucs(run_dir, args.data).items():

@@ -28,19 +28,24 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from medsight.config import Section
 from medsight.models.mvkbc import MVKBC
 from medsight.models.ssac import Decoder, LatentDiscriminator
 from medsight.recipes.mvkbc import MVKBCOptions, MVKBCStep, nodule_size
-from medsight.recipes.semi_ssac import all_nodules, discriminator_loss, split_batch
+from medsight.recipes.semi_ssac import (
+    StageWidths,
+    all_nodules,
+    discriminator_loss,
+    split_batch,
+)
 
 
 class AAEOptions(Section):
     latent: int = Field(8, ge=1)  # the style code z of each stream (y is the stream's 2-class softmax)
-    channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64])  # the decoder's stages, as SSAC's
+    channels: StageWidths = Field(default_factory=lambda: [8, 16, 32, 64])  # the decoder's stages, as SSAC's
     discriminator_hidden: int = Field(64, ge=1)
     rec_weight: float = Field(1.0, ge=0)  # reconstruction MSE
     adv_weight: float = Field(1.0, ge=0)  # the encoder's adversarial BCE (mean of z's and y's)
@@ -48,13 +53,6 @@ class AAEOptions(Section):
     r_lr: float = Field(1e-3, gt=0)  # Adam, the style layers and decoders
     d_lr: float = Field(1e-3, gt=0)  # Adam, the discriminators
     beta1: float = Field(0.5, ge=0, lt=1)
-
-    @field_validator("channels")
-    @classmethod
-    def _stages(cls, channels: list[int]) -> list[int]:
-        if not channels or min(channels) < 1:
-            raise ValueError("one or more positive widths")
-        return channels
 
 
 def aae_parts(classifier: MVKBC, image_size: tuple[int, int], options: AAEOptions) -> tuple[nn.ModuleDict,

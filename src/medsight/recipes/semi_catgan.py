@@ -30,30 +30,23 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from medsight.config import Section
 from medsight.models.mvkbc import MVKBC
 from medsight.models.ssac import Decoder
 from medsight.recipes.mvkbc import MVKBCOptions, MVKBCStep
-from medsight.recipes.semi_ssac import all_nodules, split_batch
+from medsight.recipes.semi_ssac import StageWidths, all_nodules, split_batch
 
 
 class CatGANOptions(Section):
     latent: int = Field(32, ge=1)  # the generator's noise
-    channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64])  # the generator's stages (SSAC's decoder)
+    channels: StageWidths = Field(default_factory=lambda: [8, 16, 32, 64])  # the generator's stages (SSAC's decoder)
     unsup_weight: float = Field(1.0, ge=0)  # the entropy terms against the labelled loss
     marginal: Literal["entropy", "prior"] = "entropy"  # the real nodules' marginal term
     g_lr: float = Field(1e-3, gt=0)  # Adam, the generator
     beta1: float = Field(0.5, ge=0, lt=1)
-
-    @field_validator("channels")
-    @classmethod
-    def _stages(cls, channels: list[int]) -> list[int]:
-        if not channels or min(channels) < 1:
-            raise ValueError("one or more positive widths")
-        return channels
 
 
 # -- the entropies of a binary prediction, from its logits ----------------------------------------------------

@@ -26,15 +26,24 @@ optimiser follows ``train.scheduler``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from medsight.config import EarlyStopping, Section
 from medsight.models.ssac import SSACNet, reconstruction_parts
 from medsight.recipes.mvkbc import MVKBCOptions, MVKBCStep, nodule_size
+
+
+def _positive_widths(channels: list[int]) -> list[int]:
+    if not channels or min(channels) < 1:
+        raise ValueError("one or more positive widths")
+    return channels
+
+
+StageWidths = Annotated[list[int], AfterValidator(_positive_widths)]  # a decoder's or generator's stages
 
 
 class SSACOptions(Section):
