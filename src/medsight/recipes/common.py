@@ -57,10 +57,14 @@ def held_back(data: TrainingData, fraction: float, seed: int) -> tuple[list[int]
     """(kept, held back) positions of the training cases: about ``fraction`` of their patients,
     stratified by label, held back from a network, so that what a recipe fits on the network's
     outputs (a head, fgFV's foreground weights) is fitted on cases the network did not learn from."""
-    by_id = {s.id: s for s in data.split["train"]}
-    groups = [by_id[i].patient_id or i for i in data.train.ids]
-    kept, back = holdout_indices(data.train.labels.numpy(), groups, fraction, seed)
+    kept, back = holdout_indices(data.train.labels.numpy(), training_groups(data), fraction, seed)
     return kept.tolist(), back.tolist()
+
+
+def training_groups(data: TrainingData) -> list[str]:
+    """The patient of each training case, in ``data.train``'s order (the case's id when it has none)."""
+    by_id = {s.id: s for s in data.split["train"]}
+    return [by_id[i].patient_id or i for i in data.train.ids]
 
 
 # -- before training ------------------------------------------------------------------------------

@@ -18,16 +18,23 @@ default) holds ``val_fraction`` (0.25) of the training patients back from the CN
 weights maximise the accuracy on those cases of an SVM fitted on the CNN's own training cases, as
 they will be used on new cases; ``seen`` scores them on a random quarter of the CNN's training
 cases (the author code's protocol, where the CNN had not been trained on them; here it has, so
-the weights are chosen on codes better separated than new cases' will be). With
-``cnn_weights``, the same cases are held back, so a CNN read from a ``held_back`` run of the same
-data, folds and seed did not see them.
+the weights are chosen on codes better separated than new cases' will be). ``crossfit``
+cross-fits (:mod:`medsight.recipes.crossfit`): ``crossfit_folds`` (4) inner CNNs, each trained on
+all but one patient-grouped fold of the training cases, describe the cases of the fold they did
+not see; the GMM, the foreground weights (scored on the same patient-grouped ``val_fraction`` as
+``held_back``, by an SVM fitted on the other cases' out-of-fold codes) and the SVM head then all
+learn from these out-of-fold descriptors of every training case, whatever the ``encoding``, and
+the CNN that describes validation and new cases is trained on all of them (k + 1 CNN trainings).
+With ``cnn_weights``, the same cases are held back, so a CNN read from a ``held_back`` run of the
+same data, folds and seed did not see them (``crossfit`` trains its CNNs and takes no weights).
 
 With ``fgfv``, ``predict`` writes each case's membership map (how much each place belongs to the
 class-relevant foreground, from the scale-1 descriptor grid) to ``maps/<id>.png`` and its overlay
 to ``overlays/<id>.png``.
 
 Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
-``heads.safetensors`` (the GMM, component weights and SVM as arrays), ``validation_roc.png``.
+``heads.safetensors`` (the GMM, component weights and SVM as arrays), ``validation_roc.png``; with
+``crossfit`` the same CNN files of each inner CNN in ``cnn_fold<j>/``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -50,8 +57,9 @@ from medsight.features.fisher import FisherVector
 from medsight.features.foreground import ForegroundFisherVector, membership_map
 from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import (finish_run, held_back, label_stratum, labelled_cases, load_cases,
-                                     start_training)
+from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
+                                     load_cases, start_training)
+from medsight.recipes.crossfit import FitNetwork, cross_fit, inner_folds
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -71,7 +79,8 @@ class FisherFeatures(Section):
     n_components: int = Field(64, ge=1)
     scales: list[float] = Field(default_factory=lambda: [1.0])
     cnn_weights: str | None = None  # read the CNN from this file instead of training it
-    weight_cases: Literal["held_back", "seen"] = "held_back"  # fgfv: cases the CNN did not / did learn from
+    weight_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # what the CNN's features fit (docstring)
+    crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
     max_descriptors: int | None = None
     reg_covar: float | None = None
     max_iter: int | None = None
@@ -86,7 +95,7 @@ class FisherFeatures(Section):
     svm_refits: int | None = None
 
     def encoder(self, seed: int):
-        own = {"encoding", "n_components", "scales", "cnn_weights", "weight_cases"}
+        own = {"encoding", "n_components", "scales", "cnn_weights", "weight_cases", "crossfit_folds"}
         params = {"n_components": self.n_components, "random_state": seed,
                   **{k: v for k, v in self.model_dump().items() if k not in own and v is not None}}
         if self.encoding == "fgfv":
@@ -95,6 +104,13 @@ class FisherFeatures(Section):
             return FisherVector(**params, improved=self.encoding == "ifv")
         except TypeError as exc:
             raise ValueError(f"fisher: {exc} (an option of the foreground FV only)") from None
+
+    @model_validator(mode="after")
+    def _one_cnn_or_several(self):
+        if self.cnn_weights and self.weight_cases == "crossfit":
+            raise ValueError("cnn_weights reads one CNN, and weight_cases: crossfit trains one per inner fold and "
+                             "a final one; use held_back or seen with cnn_weights")
+        return self
 
 
 class FisherConfig(NetworkConfig):
@@ -162,31 +178,43 @@ class Fisher:
         if opts.cnn_weights and not Path(opts.cnn_weights).is_file():
             raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: file not found")
         self.device_ = select_device(device)
+        crossfit = opts.weight_cases == "crossfit"
+
+        def check(d: TrainingData) -> None:  # before the run directory is written
+            one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
+            if crossfit:
+                inner_folds(d, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
+
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console,
-                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
-        ovr = cfg.predict.one_vs_rest
+                                      check=check)
         self.record_ = record
         started = time.perf_counter()
 
-        torch.manual_seed(cfg.seed)
-        self.model_ = build_network(cfg, record.input, len(data.task.classes))
-        back = None  # the training cases the CNN does not learn from, which score the foreground weights
-        cnn_cases = data.train
-        if opts.encoding == "fgfv" and opts.weight_cases == "held_back":
+        fit_cnn = self._cnn_fitter(run, data, callbacks)
+        back = None  # the training cases that score the foreground weights
+        cnn_cases, out_of_fold = data.train, None
+        if opts.encoding == "fgfv" and opts.weight_cases != "seen":
             kept, back = held_back(data, opts.val_fraction or 0.25, cfg.seed)
-            cnn_cases = subset(data.train, kept)
-            self.console.print(f"CNN: {len(kept)} training cases; {len(back)} held back for the foreground weights")
+            if not crossfit:  # held_back: the CNN does not learn from them
+                cnn_cases = subset(data.train, kept)
+                self.console.print(f"CNN: {len(kept)} training cases; {len(back)} held back for the foreground weights")
+        if crossfit:
+            folds = inner_folds(data, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
+
+            def describe_fold(model, cases: Loaded) -> list[np.ndarray]:
+                return local_descriptors(model, cases, self.record_.input, opts.scales, self.device_)[0]
+
+            record, out_of_fold = cross_fit(record, data.train, folds, "cnn", fit_cnn, describe_fold, self.console)
+            self.console.print(f"CNN: the final one trains on all {len(data.train.ids)} training cases; the encoding "
+                               "and the SVM learn from their out-of-fold descriptors")
         if opts.cnn_weights:
+            torch.manual_seed(cfg.seed)
+            self.model_ = build_network(cfg, record.input, len(data.task.classes))
             record = read_network(run, record, "cnn", self.model_, Path(opts.cnn_weights), self.device_, self.console)
         else:
-            weight = class_weights(cnn_cases.labels, len(data.task.classes)) \
-                if cfg.train.class_weights == "balanced" else None
-            step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
-                                  lambda params: make_optimizer(cfg.train, params))
-            record = fit_network(run, record, "cnn", step, cnn_cases, data.val, cfg, self.device_, self.console,
-                                 callbacks)
+            record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
 
-        descriptors, _ = self.local_descriptors(data.train)
+        descriptors = out_of_fold if out_of_fold is not None else self.local_descriptors(data.train)[0]
         self.encoder_ = opts.encoder(cfg.seed)
         self.console.print(f"fitting the {opts.encoding} encoder ({opts.n_components} components) on "
                            f"{sum(len(d) for d in descriptors)} descriptors of {len(descriptors)} cases")
@@ -206,6 +234,24 @@ class Fisher:
         self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
                                   time.perf_counter() - started, self.device_, self.console, thresholds)
         return self.record_
+
+    def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
+        """Train a fresh CNN on some training cases as a stage of the run (read back when the
+        record holds it finished). Every one starts from the run's seed, so they start alike."""
+        cfg = self.cfg
+
+        def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
+            torch.manual_seed(cfg.seed)
+            model = build_network(cfg, record.input, len(data.task.classes))
+            weight = class_weights(cases.labels, len(data.task.classes)) \
+                if cfg.train.class_weights == "balanced" else None
+            step = ClassifierStep(model, data.task, weight, cfg.predict.threshold, cfg.predict.one_vs_rest,
+                                  lambda params: make_optimizer(cfg.train, params))
+            record = fit_network(run, record, stage, step, cases, data.val, cfg, self.device_, self.console,
+                                 callbacks, folder=folder)
+            return record, model
+
+        return fit
 
     def local_descriptors(self, loaded: Loaded):
         return local_descriptors(self.model_, loaded, self.record_.input, self.cfg.fisher.scales, self.device_)

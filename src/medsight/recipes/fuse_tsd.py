@@ -17,13 +17,19 @@ Stacking (``features.cnn.head_cases``): the CNN descriptor's head must learn fro
 nodules the CNN did not train on, or it learns that the features are perfect (on its own training
 nodules they nearly are). ``held_back`` (the default) trains the CNN on the training nodules but
 ``features.cnn.held_back`` (0.25) of their patients and fits the CNN head on those held back; the
-hand-crafted heads learn from every training nodule. ``seen`` trains the CNN on every training
-nodule and fits its head on them (the earlier protocol). With ``features.cnn.weights`` the same
-nodules are held back, so a CNN read from a ``held_back`` run of the same data, folds and seed
-did not see them.
+hand-crafted heads learn from every training nodule. ``crossfit`` cross-fits
+(:mod:`medsight.recipes.crossfit`): ``features.cnn.crossfit_folds`` (4) inner CNNs, each trained
+on all but one patient-grouped fold of the training nodules, describe the nodules of the fold
+they did not see, the CNN head learns from these out-of-fold features of every training nodule,
+and the CNN that describes validation and new nodules is trained on all of them (k + 1 CNN
+trainings). ``seen`` trains the CNN on every training nodule and fits its head on them (the
+earlier protocol). With ``features.cnn.weights`` the same nodules are held back, so a CNN read
+from a ``held_back`` run of the same data, folds and seed did not see them (``crossfit`` trains
+its CNNs and takes no weights).
 
 Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
-``heads.safetensors``, ``validation_roc.png``.
+``heads.safetensors``, ``validation_roc.png``; with ``crossfit`` the same CNN files of each
+inner CNN in ``cnn_fold<j>/``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -44,8 +50,9 @@ from medsight.engine import select_device
 from medsight.errors import ConfigError, InputError
 from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
-from medsight.recipes.common import (finish_run, held_back, label_stratum, labelled_cases, load_cases,
-                                     start_training)
+from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
+                                     load_cases, start_training)
+from medsight.recipes.crossfit import FitNetwork, cross_fit, inner_folds
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -60,8 +67,16 @@ class CNNFeatures(Section):
 
     min_pixels: int = Field(3, ge=1)  # a slice with fewer mask pixels is not the nodule's
     weights: str | None = None  # read the CNN from this file instead of training it
-    head_cases: Literal["held_back", "seen"] = "held_back"  # nodules the CNN head learns from (docstring)
+    head_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # nodules the CNN head learns from (docstring)
     held_back: float = Field(0.25, gt=0, lt=1)  # share of the training patients held back from the CNN
+    crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
+
+    @model_validator(mode="after")
+    def _one_cnn_or_several(self):
+        if self.weights and self.head_cases == "crossfit":
+            raise ValueError("weights reads one CNN, and head_cases: crossfit trains one per inner fold and a "
+                             "final one; use held_back or seen with weights")
+        return self
 
 
 class FuseTSDConfig(NetworkConfig):
@@ -139,35 +154,46 @@ class FuseTSD:
         if cnn.weights and not Path(cnn.weights).is_file():
             raise InputError(cnn.weights, "features.cnn.weights: file not found")
         self.device_ = select_device(device)
+        crossfit = cnn.head_cases == "crossfit"
+
+        def check(d: TrainingData) -> None:  # before the run directory is written
+            one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
+            if crossfit:
+                inner_folds(d, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
+
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, True, self.console,
-                                      check=lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
-        ovr = cfg.predict.one_vs_rest
+                                      check=check)
         self.record_ = record
         started = time.perf_counter()
 
-        torch.manual_seed(cfg.seed)
-        self.model_ = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
-        cnn_cases, rows = data.train, {}
+        fit_cnn = self._cnn_fitter(run, data, callbacks)
+        cnn_cases, rows, out_of_fold = data.train, {}, None
         if cnn.head_cases == "held_back":
             kept, back = held_back(data, cnn.held_back, cfg.seed)
             cnn_cases, rows = subset(data.train, kept), {"cnn": back}
             self.console.print(f"slice CNN: {len(kept)} training nodules; its head learns from the {len(back)} "
                                "held back from it")
+        if crossfit:
+            folds = inner_folds(data, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
+            def describe_fold(model, cases: Loaded) -> np.ndarray:
+                return slice_features(model, cases, self.record_.input, cnn.min_pixels, self.device_)[0]
+
+            record, out_of_fold = cross_fit(record, data.train, folds, "cnn", fit_cnn, describe_fold, self.console,
+                                            "slice CNN")
+            self.console.print(f"slice CNN: the final one trains on all {len(data.train.ids)} training nodules; "
+                               "the CNN head learns from their out-of-fold features")
         if cnn.weights:
+            torch.manual_seed(cfg.seed)
+            self.model_ = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
             record = read_network(run, record, "cnn", self.model_, Path(cnn.weights), self.device_, self.console)
         else:
-            train_slices, _ = nodule_slices(cnn_cases, cnn.min_pixels)
-            val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
-            self.console.print(f"slice CNN: {len(train_slices.ids)} training, {len(val_slices.ids)} validation slices")
-            weight = class_weights(train_slices.labels, len(data.task.classes)) \
-                if cfg.train.class_weights == "balanced" else None
-            step = ClassifierStep(self.model_, data.task, weight, cfg.predict.threshold, ovr,
-                                  lambda params: make_optimizer(cfg.train, params))
-            record = fit_network(run, record, "cnn", step, train_slices, val_slices, cfg, self.device_,
-                                 self.console, callbacks)
+            record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
 
         descriptors = self.descriptors()
-        (train, names), (val, _) = describe(data.train, descriptors), describe(data.val, descriptors)
+        if out_of_fold is not None:  # the CNN head learns from the inner CNNs' descriptions
+            matrix = np.stack(out_of_fold)
+            descriptors["cnn"] = lambda loaded: (matrix, [f"cnn_{k}" for k in range(matrix.shape[1])])
+        (train, names), (val, _) = describe(data.train, descriptors), describe(data.val, self.descriptors())
         record, self.heads_, val_proba = descriptor_stage(
             run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(),
             cfg.predict, self.console, fitted={"feature_names": names}, rows=rows)
@@ -176,6 +202,29 @@ class FuseTSD:
         self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
                                   time.perf_counter() - started, self.device_, self.console, thresholds)
         return self.record_
+
+    def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
+        """Train a fresh slice CNN on some training nodules as a stage of the run (read back when
+        the record holds it finished). Every one starts from the run's seed, so they start alike."""
+        cfg, cnn = self.cfg, self.cfg.cnn
+
+        def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
+            torch.manual_seed(cfg.seed)
+            model = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
+            train_slices, _ = nodule_slices(cases, cnn.min_pixels)
+            val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
+            if not record.stage(stage).finished:
+                self.console.print(f"slice CNN: {len(train_slices.ids)} training, {len(val_slices.ids)} "
+                                   "validation slices")
+            weight = class_weights(train_slices.labels, len(data.task.classes)) \
+                if cfg.train.class_weights == "balanced" else None
+            step = ClassifierStep(model, data.task, weight, cfg.predict.threshold, cfg.predict.one_vs_rest,
+                                  lambda params: make_optimizer(cfg.train, params))
+            record = fit_network(run, record, stage, step, train_slices, val_slices, cfg, self.device_,
+                                 self.console, callbacks, folder=folder)
+            return record, model
+
+        return fit
 
     def restore(self, run: RunDir, device: str = "auto") -> FuseTSD:
         self.device_ = select_device(device)

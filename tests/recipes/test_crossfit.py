@@ -1,0 +1,213 @@
+"""Cross-fitting (``features.cnn.head_cases: crossfit``, ``features.fisher.weight_cases: crossfit``):
+every training case is described exactly once, by an inner CNN that learnt neither from it nor from
+its patient; Fuse-TSD's CNN head and fgFV's encoding learn from those descriptions; the final CNN
+trains on every training case; a resumed run keeps the inner CNNs it had finished; bad settings
+exit with code 2 and leave no run directory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import medsight.recipes.fgfv as fgfv
+import medsight.recipes.fuse_tsd as fuse_tsd
+from medsight.cli import main
+from medsight.recipes import parse_config
+from medsight.rundir import RunDir, StageRecord
+
+from builders import CONFIGS, write_vois
+
+
+@pytest.fixture(scope="module")
+def vois(tmp_path_factory):
+    return write_vois(tmp_path_factory.mktemp("vois") / "vois")
+
+
+def patient(case_id: str) -> str:
+    return case_id.split("_R_")[0]  # LIDC-IDRI-0003_R_1: patient 3's first nodule
+
+
+def fuse_tsd_config(root, **cnn):
+    return parse_config({
+        "recipe": "fuse_tsd", "seed": 0,
+        "data": {"format": "lidc-voi", "root": str(root), "task": "malignancy", "preprocess": "nodule_crop",
+                 "preprocess_options": {"size_mm": [16, 16, 16]}, "image_size": [16, 16, 16], "val_fraction": 0.3},
+        "features": {"fourier": {"n_coefficients": 4}, "cnn": {"head_cases": "crossfit", **cnn}},
+        "model": {"name": "resnet14", "options": {"stem": "small", "width": 4}},
+        "train": {"epochs": 2, "batch_size": 16},
+        "head": {"name": "svm"},
+    })
+
+
+def fake_fit_network(calls: list):
+    """fit_network's stand-in: notes which cases each CNN would train on and moves its weights by a
+    draw of its own (so that every CNN describes differently), without training."""
+    def fit_network(run, record, stage, step, train, val, cfg, device, console, callbacks=(), folder="", **kw):
+        model = step.models["model"]
+        model.trained_on = {i.split("#")[0] for i in train.ids}  # slice ids are <nodule>#z<k>
+        gen = torch.Generator().manual_seed(len(calls) + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+        calls.append((stage, folder, model))
+        record = record.with_stage(stage, StageRecord(finished=True, best_epoch=1))
+        run.write_record(record)
+        return record
+    return fit_network
+
+
+def spy(module, name: str, seen: list):
+    """``module.name`` that also appends its arguments and result to ``seen``."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append((args, kwargs, out))
+        return out
+    return wrapper
+
+
+def check_out_of_fold(calls, described, train_ids, k):
+    """The CNNs trained are the k inner ones (each in its own folder) and then the final one on every
+    training case; the inner ones describe every training case once, each a case it did not learn
+    from, of a patient it did not learn from. Returns {case id: its description}."""
+    assert [(stage, folder) for stage, folder, _ in calls] == \
+        [(f"cnn_fold{j}", f"cnn_fold{j}") for j in range(k)] + [("cnn", "")]
+    final = calls[-1][2]
+    assert final.trained_on == set(train_ids)
+    inner = [(model, ids, rows) for model, ids, rows in described if model is not final]
+    assert {id(model) for model, _, _ in inner} == {id(model) for _, _, model in calls[:-1]}
+    assert sorted(i for _, ids, _ in inner for i in ids) == sorted(train_ids)  # each exactly once
+    for model, ids, _ in inner:
+        assert not set(ids) & model.trained_on
+        assert set(ids) | model.trained_on == set(train_ids)
+        assert not {patient(i) for i in ids} & {patient(i) for i in model.trained_on}  # patient-grouped folds
+    for model, ids, _ in described:
+        assert model is not final or not set(ids) & set(train_ids)  # the final CNN describes no training case
+    return {i: row for _, ids, rows in inner for i, row in zip(ids, rows)}
+
+
+def test_fuse_tsd_cnn_head_learns_from_out_of_fold_features(vois, tmp_path, monkeypatch):
+    calls, features, tables, stages = [], [], [], []
+    monkeypatch.setattr(fuse_tsd, "fit_network", fake_fit_network(calls))
+    monkeypatch.setattr(fuse_tsd, "slice_features", spy(fuse_tsd, "slice_features", features))
+    monkeypatch.setattr(fuse_tsd, "describe", spy(fuse_tsd, "describe", tables))
+    monkeypatch.setattr(fuse_tsd, "descriptor_stage", spy(fuse_tsd, "descriptor_stage", stages))
+    run = RunDir(tmp_path / "run")
+    record = fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(run, device="cpu")
+    assert record.finished
+    train_ids, val_ids = run.split_ids("train"), run.split_ids("val")
+    described = [(args[0], list(args[1].ids), out[0]) for args, _, out in features]
+    oof = check_out_of_fold(calls, described, train_ids, 3)
+
+    (train_args, _, (train_table, _)), (val_args, _, (val_table, _)) = tables
+    assert list(train_args[0].ids) == train_ids and list(val_args[0].ids) == val_ids
+    assert np.array_equal(train_table["cnn"], np.stack([oof[i] for i in train_ids]))  # the head's input
+    final_rows = [rows for model, ids, rows in described if model is calls[-1][2] and ids == val_ids]
+    assert len(final_rows) == 1 and np.array_equal(val_table["cnn"], final_rows[0])
+    assert not np.allclose(train_table["cnn"], fuse_tsd.slice_features(
+        calls[-1][2], train_args[0], record.input, 3, torch.device("cpu"))[0])  # not the final CNN's
+    assert stages[0][1]["rows"] == {}  # every training nodule, for every head
+    assert np.array_equal(stages[0][0][4]["cnn"], train_table["cnn"])
+
+
+def fgfv_config(**fisher):
+    return parse_config({
+        "recipe": "fgfv", "seed": 0,
+        "data": {"format": "synthetic", "task": None, "options": {"n": 40, "size": 32, "seed": 0},
+                 "image_size": [32, 32], "val_fraction": 0.25},
+        "model": {"name": "resnet14", "options": {"width": 4}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "features": {"fisher": {"encoding": "fgfv", "n_components": 2, "steps": 20, "iterations": 1,
+                                "weight_cases": "crossfit", **fisher}},
+        "head": {"name": "svm", "options": {"kernel": "linear", "C": 10, "standardize": False}},
+    })
+
+
+def test_fgfv_encoding_learns_from_out_of_fold_descriptors(tmp_path, monkeypatch):
+    from medsight.features.foreground import ForegroundFisherVector
+    calls, features, fits, backs = [], [], [], []
+    monkeypatch.setattr(fgfv, "fit_network", fake_fit_network(calls))
+    monkeypatch.setattr(fgfv, "local_descriptors", spy(fgfv, "local_descriptors", features))
+    monkeypatch.setattr(ForegroundFisherVector, "fit", spy(ForegroundFisherVector, "fit", fits))
+    monkeypatch.setattr(fgfv, "held_back", spy(fgfv, "held_back", backs))
+    run = RunDir(tmp_path / "run")
+    recipe = fgfv.Fisher(fgfv_config(crossfit_folds=4))
+    assert recipe.train(run, device="cpu").finished
+    train_ids = run.split_ids("train")
+    described = [(args[0], list(args[1].ids), out[0]) for args, _, out in features]
+    oof = check_out_of_fold(calls, described, train_ids, 4)
+
+    (_, X, y), kwargs, _ = fits[0]
+    assert len(X) == len(train_ids) and all(np.array_equal(x, oof[i]) for x, i in zip(X, train_ids))
+    assert kwargs["validation"] == backs[0][2][1]  # the patient-grouped quarter of held_back scores the weights
+    assert backs[0][0][1:] == (0.25, 0)
+
+
+def test_crossfit_settings_are_checked(vois, tmp_path, capsys):
+    fuse = ["train", str(CONFIGS / "lidc_voi_fuse_tsd.yaml"), "--data", str(vois), "--device", "cpu",
+            "--set", "features.cnn.head_cases=crossfit"]
+    fisher = ["train", str(CONFIGS / "ph2_fgfv.yaml"), "--set", "data.format=synthetic", "--set", "data.task=null",
+              "--set", "data.options={n: 24, size: 32, seed: 0}", "--device", "cpu",
+              "--set", "features.fisher.weight_cases=crossfit"]
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    for args, key in [(fuse + ["--set", "features.cnn.crossfit_folds=1"], "crossfit_folds"),
+                      (fuse + ["--set", "features.cnn.head_cases=crossfold"], "head_cases"),
+                      (fuse + ["--set", f"features.cnn.weights={weights}"], "weights"),
+                      (fisher + ["--set", "features.fisher.crossfit_folds=1"], "crossfit_folds"),
+                      (fisher + ["--set", "features.fisher.weight_cases=cross"], "weight_cases"),
+                      (fisher + ["--set", f"features.fisher.cnn_weights={weights}"], "cnn_weights"),
+                      # 12 patients, about 8 of them training: more inner folds than patients
+                      (fuse + ["--set", "features.cnn.crossfit_folds=9", "--set", "data.val_fraction=0.3"],
+                       "features.cnn.crossfit_folds: 9 inner folds")]:
+        out = tmp_path / "run"
+        assert main([*args, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err
+        assert key in err, err
+        assert not out.exists()  # nothing in the way of the corrected command
+    assert fuse_tsd_config("x").cnn.crossfit_folds == 4  # the default
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupted_inner_cnn_keeps_the_finished_ones(vois, tmp_path, monkeypatch):
+    """Stopped in the second inner CNN's first epoch: the resumed run reads the first back, takes
+    up the second from its checkpoint, and ends where an uninterrupted run ends."""
+    from medsight.engine.loop import Trainer
+
+    whole = RunDir(tmp_path / "whole")
+    fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(whole, device="cpu")
+
+    epochs = []
+
+    def interrupt(epoch, record):
+        epochs.append(epoch)
+        if len(epochs) == 3:  # fold 0's two epochs, then fold 1's first
+            raise Interrupt
+
+    cut = RunDir(tmp_path / "cut")
+    with pytest.raises(Interrupt):
+        fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(cut, device="cpu", callbacks=[interrupt])
+    record = cut.read_record()
+    assert record.stage("cnn_fold0").finished and not record.stage("cnn_fold1").finished
+    first = (cut.path / "cnn_fold0" / "model.safetensors").read_bytes()
+
+    trained = []
+    real_fit = Trainer.fit
+
+    def noting_fit(self, *args, **kwargs):
+        trained.append(self.folder.name)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", noting_fit)
+    record = fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(cut, device="cpu")
+    assert trained == ["cnn_fold1", "cnn_fold2", "cut"]  # fold 0 not trained again
+    assert record.finished and (cut.path / "cnn_fold0" / "model.safetensors").read_bytes() == first
+    for name in ("cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors", "cnn_fold2/model.safetensors",
+                 "model.safetensors", "heads.safetensors"):
+        assert (cut.path / name).read_bytes() == (whole.path / name).read_bytes(), name
