@@ -68,10 +68,11 @@ def spy(module, name: str, seen: list):
     return wrapper
 
 
-def check_out_of_fold(calls, described, train_ids, k):
+def check_out_of_fold(calls, described, train_ids, k, record):
     """The CNNs trained are the k inner ones (each in its own folder) and then the final one on every
     training case; the inner ones describe every training case once, each a case it did not learn
-    from, of a patient it did not learn from. Returns {case id: its description}."""
+    from, of a patient it did not learn from, and the record says which. Returns {case id: its
+    description}."""
     assert [(stage, folder) for stage, folder, _ in calls] == \
         [(f"cnn_fold{j}", f"cnn_fold{j}") for j in range(k)] + [("cnn", "")]
     final = calls[-1][2]
@@ -79,7 +80,8 @@ def check_out_of_fold(calls, described, train_ids, k):
     inner = [(model, ids, rows) for model, ids, rows in described if model is not final]
     assert {id(model) for model, _, _ in inner} == {id(model) for _, _, model in calls[:-1]}
     assert sorted(i for _, ids, _ in inner for i in ids) == sorted(train_ids)  # each exactly once
-    for model, ids, _ in inner:
+    for (stage, _, model), (_, ids, _) in zip(calls, inner):
+        assert record.stage(stage).fitted["describes"] == ids
         assert not set(ids) & model.trained_on
         assert set(ids) | model.trained_on == set(train_ids)
         assert not {patient(i) for i in ids} & {patient(i) for i in model.trained_on}  # patient-grouped folds
@@ -99,7 +101,7 @@ def test_fuse_tsd_cnn_head_learns_from_out_of_fold_features(vois, tmp_path, monk
     assert record.finished
     train_ids, val_ids = run.split_ids("train"), run.split_ids("val")
     described = [(args[0], list(args[1].ids), out[0]) for args, _, out in features]
-    oof = check_out_of_fold(calls, described, train_ids, 3)
+    oof = check_out_of_fold(calls, described, train_ids, 3, record)
 
     (train_args, _, (train_table, _)), (val_args, _, (val_table, _)) = tables
     assert list(train_args[0].ids) == train_ids and list(val_args[0].ids) == val_ids
@@ -133,11 +135,11 @@ def test_fgfv_encoding_learns_from_out_of_fold_descriptors(tmp_path, monkeypatch
     monkeypatch.setattr(ForegroundFisherVector, "fit", spy(ForegroundFisherVector, "fit", fits))
     monkeypatch.setattr(fgfv, "held_back", spy(fgfv, "held_back", backs))
     run = RunDir(tmp_path / "run")
-    recipe = fgfv.Fisher(fgfv_config(crossfit_folds=4))
-    assert recipe.train(run, device="cpu").finished
+    record = fgfv.Fisher(fgfv_config(crossfit_folds=4)).train(run, device="cpu")
+    assert record.finished
     train_ids = run.split_ids("train")
     described = [(args[0], list(args[1].ids), out[0]) for args, _, out in features]
-    oof = check_out_of_fold(calls, described, train_ids, 4)
+    oof = check_out_of_fold(calls, described, train_ids, 4, record)
 
     (_, X, y), kwargs, _ = fits[0]
     assert len(X) == len(train_ids) and all(np.array_equal(x, oof[i]) for x, i in zip(X, train_ids))
@@ -152,13 +154,13 @@ def test_crossfit_settings_are_checked(vois, tmp_path, capsys):
               "--set", "data.options={n: 24, size: 32, seed: 0}", "--device", "cpu",
               "--set", "features.fisher.weight_cases=crossfit"]
     weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"")
+    weights.write_bytes(b"")  # not beside a crossfit run
     for args, key in [(fuse + ["--set", "features.cnn.crossfit_folds=1"], "crossfit_folds"),
                       (fuse + ["--set", "features.cnn.head_cases=crossfold"], "head_cases"),
-                      (fuse + ["--set", f"features.cnn.weights={weights}"], "weights"),
+                      (fuse + ["--set", f"features.cnn.weights={weights}"], f"{tmp_path / 'run.json'}"),
                       (fisher + ["--set", "features.fisher.crossfit_folds=1"], "crossfit_folds"),
                       (fisher + ["--set", "features.fisher.weight_cases=cross"], "weight_cases"),
-                      (fisher + ["--set", f"features.fisher.cnn_weights={weights}"], "cnn_weights"),
+                      (fisher + ["--set", f"features.fisher.cnn_weights={weights}"], f"{weights}: crossfit reads"),
                       # 12 patients, about 8 of them training: more inner folds than patients
                       (fuse + ["--set", "features.cnn.crossfit_folds=9", "--set", "data.val_fraction=0.3"],
                        "features.cnn.crossfit_folds: 9 inner folds")]:
@@ -211,3 +213,39 @@ def test_resume_after_an_interrupted_inner_cnn_keeps_the_finished_ones(vois, tmp
     for name in ("cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors", "cnn_fold2/model.safetensors",
                  "model.safetensors", "heads.safetensors"):
         assert (cut.path / name).read_bytes() == (whole.path / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_fgfv_encodings_share_the_cnns_of_an_earlier_crossfit_run(tmp_path, monkeypatch, capsys):
+    """IFV reads the final and inner CNNs of an fgFV crossfit run instead of training them, once it
+    has found that they described its own folds; a run with other folds is refused (exit 2)."""
+    from safetensors.numpy import load_file
+
+    from medsight.engine.loop import Trainer
+
+    base = ["--device", "cpu", "--epochs", "1", "--set", "data.format=synthetic", "--set", "data.task=null",
+            "--set", "data.options={n: 32, size: 32, seed: 1}", "--set", "data.image_size=[32,32]",
+            "--set", "model.options.width=4", "--set", "features.fisher.n_components=2",
+            "--set", "features.fisher.scales=[1.0]", "--set", "features.fisher.weight_cases=crossfit",
+            "--set", "features.fisher.crossfit_folds=2"]
+    first = tmp_path / "fgfv"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(first), *base]) == 0
+    weights = first / "model.safetensors"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a CNN was trained")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    second = tmp_path / "ifv"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(second), *base,
+                 "--set", "features.fisher.encoding=ifv", "--set", f"features.fisher.cnn_weights={weights}"]) == 0
+    for name in ("model.safetensors", "cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors"):
+        a, b = load_file(str(first / name)), load_file(str(second / name))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+    assert RunDir(second).read_record().stage("cnn_fold1").fitted == RunDir(first).read_record().stage("cnn_fold1").fitted
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(other), *base, "--set", "seed=5",
+                 "--set", f"features.fisher.cnn_weights={weights}"]) == 2
+    assert "described other cases than this run's fold" in capsys.readouterr().err
+    assert not other.exists()

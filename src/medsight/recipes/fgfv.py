@@ -26,7 +26,9 @@ not see; the GMM, the foreground weights (scored on the same patient-grouped ``v
 learn from these out-of-fold descriptors of every training case, whatever the ``encoding``, and
 the CNN that describes validation and new cases is trained on all of them (k + 1 CNN trainings).
 With ``cnn_weights``, the same cases are held back, so a CNN read from a ``held_back`` run of the
-same data, folds and seed did not see them (``crossfit`` trains its CNNs and takes no weights).
+same data, folds and seed did not see them; with ``crossfit`` the file must be an earlier
+crossfit run's ``model.safetensors``, whose inner CNNs are read from beside it once its record
+shows that they described this run's folds (so FV, IFV and fgFV can share their CNNs).
 
 With ``fgfv``, ``predict`` writes each case's membership map (how much each place belongs to the
 class-relevant foreground, from the scale-1 descriptor grid) to ``maps/<id>.png`` and its overlay
@@ -46,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -59,7 +61,7 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import FitNetwork, cross_fit, inner_folds
+from medsight.recipes.crossfit import FitNetwork, check_earlier_run, cross_fit, earlier_fold, inner_folds
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -104,13 +106,6 @@ class FisherFeatures(Section):
             return FisherVector(**params, improved=self.encoding == "ifv")
         except TypeError as exc:
             raise ValueError(f"fisher: {exc} (an option of the foreground FV only)") from None
-
-    @model_validator(mode="after")
-    def _one_cnn_or_several(self):
-        if self.cnn_weights and self.weight_cases == "crossfit":
-            raise ValueError("cnn_weights reads one CNN, and weight_cases: crossfit trains one per inner fold and "
-                             "a final one; use held_back or seen with cnn_weights")
-        return self
 
 
 class FisherConfig(NetworkConfig):
@@ -183,7 +178,9 @@ class Fisher:
         def check(d: TrainingData) -> None:  # before the run directory is written
             one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
             if crossfit:
-                inner_folds(d, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
+                folds = inner_folds(d, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
+                if opts.cnn_weights:
+                    check_earlier_run(Path(opts.cnn_weights), "cnn", folds, d.train.ids)
 
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console,
                                       check=check)
@@ -204,15 +201,11 @@ class Fisher:
             def describe_fold(model, cases: Loaded) -> list[np.ndarray]:
                 return local_descriptors(model, cases, self.record_.input, opts.scales, self.device_)[0]
 
-            record, out_of_fold = cross_fit(record, data.train, folds, "cnn", fit_cnn, describe_fold, self.console)
+            record, out_of_fold = cross_fit(run, record, data.train, folds, "cnn", fit_cnn, describe_fold,
+                                            self.console, "CNN", opts.cnn_weights and Path(opts.cnn_weights))
             self.console.print(f"CNN: the final one trains on all {len(data.train.ids)} training cases; the encoding "
                                "and the SVM learn from their out-of-fold descriptors")
-        if opts.cnn_weights:
-            torch.manual_seed(cfg.seed)
-            self.model_ = build_network(cfg, record.input, len(data.task.classes))
-            record = read_network(run, record, "cnn", self.model_, Path(opts.cnn_weights), self.device_, self.console)
-        else:
-            record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
+        record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
 
         descriptors = out_of_fold if out_of_fold is not None else self.local_descriptors(data.train)[0]
         self.encoder_ = opts.encoder(cfg.seed)
@@ -237,12 +230,16 @@ class Fisher:
 
     def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
         """Train a fresh CNN on some training cases as a stage of the run (read back when the
-        record holds it finished). Every one starts from the run's seed, so they start alike."""
-        cfg = self.cfg
+        record holds it finished), or read it from ``features.fisher.cnn_weights`` (an inner CNN
+        from beside that file). Every one starts from the run's seed, so they start alike."""
+        cfg, weights = self.cfg, self.cfg.fisher.cnn_weights
 
         def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
             torch.manual_seed(cfg.seed)
             model = build_network(cfg, record.input, len(data.task.classes))
+            if weights:
+                path = earlier_fold(Path(weights), folder) if folder else Path(weights)
+                return read_network(run, record, stage, model, path, self.device_, self.console, folder), model
             weight = class_weights(cases.labels, len(data.task.classes)) \
                 if cfg.train.class_weights == "balanced" else None
             step = ClassifierStep(model, data.task, weight, cfg.predict.threshold, cfg.predict.one_vs_rest,

@@ -24,8 +24,9 @@ they did not see, the CNN head learns from these out-of-fold features of every t
 and the CNN that describes validation and new nodules is trained on all of them (k + 1 CNN
 trainings). ``seen`` trains the CNN on every training nodule and fits its head on them (the
 earlier protocol). With ``features.cnn.weights`` the same nodules are held back, so a CNN read
-from a ``held_back`` run of the same data, folds and seed did not see them (``crossfit`` trains
-its CNNs and takes no weights).
+from a ``held_back`` run of the same data, folds and seed did not see them; with ``crossfit`` the
+file must be an earlier crossfit run's ``model.safetensors``, whose inner CNNs are read from
+beside it once its record shows that they described this run's folds.
 
 Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
 ``heads.safetensors``, ``validation_roc.png``; with ``crossfit`` the same CNN files of each
@@ -41,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -52,7 +53,7 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import FitNetwork, cross_fit, inner_folds
+from medsight.recipes.crossfit import FitNetwork, check_earlier_run, cross_fit, earlier_fold, inner_folds
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -70,13 +71,6 @@ class CNNFeatures(Section):
     head_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # nodules the CNN head learns from (docstring)
     held_back: float = Field(0.25, gt=0, lt=1)  # share of the training patients held back from the CNN
     crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
-
-    @model_validator(mode="after")
-    def _one_cnn_or_several(self):
-        if self.weights and self.head_cases == "crossfit":
-            raise ValueError("weights reads one CNN, and head_cases: crossfit trains one per inner fold and a "
-                             "final one; use held_back or seen with weights")
-        return self
 
 
 class FuseTSDConfig(NetworkConfig):
@@ -159,7 +153,9 @@ class FuseTSD:
         def check(d: TrainingData) -> None:  # before the run directory is written
             one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
             if crossfit:
-                inner_folds(d, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
+                folds = inner_folds(d, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
+                if cnn.weights:
+                    check_earlier_run(Path(cnn.weights), "cnn", folds, d.train.ids)
 
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, True, self.console,
                                       check=check)
@@ -178,16 +174,11 @@ class FuseTSD:
             def describe_fold(model, cases: Loaded) -> np.ndarray:
                 return slice_features(model, cases, self.record_.input, cnn.min_pixels, self.device_)[0]
 
-            record, out_of_fold = cross_fit(record, data.train, folds, "cnn", fit_cnn, describe_fold, self.console,
-                                            "slice CNN")
+            record, out_of_fold = cross_fit(run, record, data.train, folds, "cnn", fit_cnn, describe_fold,
+                                            self.console, "slice CNN", cnn.weights and Path(cnn.weights))
             self.console.print(f"slice CNN: the final one trains on all {len(data.train.ids)} training nodules; "
                                "the CNN head learns from their out-of-fold features")
-        if cnn.weights:
-            torch.manual_seed(cfg.seed)
-            self.model_ = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
-            record = read_network(run, record, "cnn", self.model_, Path(cnn.weights), self.device_, self.console)
-        else:
-            record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
+        record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
 
         descriptors = self.descriptors()
         if out_of_fold is not None:  # the CNN head learns from the inner CNNs' descriptions
@@ -205,12 +196,16 @@ class FuseTSD:
 
     def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
         """Train a fresh slice CNN on some training nodules as a stage of the run (read back when
-        the record holds it finished). Every one starts from the run's seed, so they start alike."""
+        the record holds it finished), or read it from ``features.cnn.weights`` (an inner CNN from
+        beside that file). Every one starts from the run's seed, so they start alike."""
         cfg, cnn = self.cfg, self.cfg.cnn
 
         def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
             torch.manual_seed(cfg.seed)
             model = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
+            if cnn.weights:
+                path = earlier_fold(Path(cnn.weights), folder) if folder else Path(cnn.weights)
+                return read_network(run, record, stage, model, path, self.device_, self.console, folder), model
             train_slices, _ = nodule_slices(cases, cnn.min_pixels)
             val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
             if not record.stage(stage).finished:

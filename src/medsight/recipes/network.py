@@ -139,16 +139,17 @@ def stage_average(t: TrainConfig, stage: str, step: Step, train: Loaded, info: I
 
 
 def read_network(run: RunDir, record: RunRecord, stage: str, model: torch.nn.Module, path: Path,
-                 device: torch.device, console: Console) -> RunRecord:
+                 device: torch.device, console: Console, folder: str = "") -> RunRecord:
     """Take a network's weights from a local file (an earlier run's ``model.safetensors``, or
-    torchvision / timm names) instead of training it. They are copied into the run, which then
-    holds all it needs; returns the record with the stage finished."""
+    torchvision / timm names) instead of training it. They are copied into the run (the stage's
+    ``folder``), which then holds all it needs; returns the record with the stage finished."""
     from medsight.models.pretrained import load_pretrained
 
     report = load_pretrained(model, path)
     console.print(f"CNN weights from {path}: {report}")
     model.to(device)
-    save_weights(model.state_dict(), run.stage_dir() / "model.safetensors")
+    run.stage_dir(folder).mkdir(parents=True, exist_ok=True)
+    save_weights(model.state_dict(), run.stage_dir(folder) / "model.safetensors")
     record = record.with_stage(stage, StageRecord(finished=True))
     run.write_record(record)
     return record
