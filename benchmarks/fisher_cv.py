@@ -10,6 +10,9 @@ leave a dataset out.
 
     python -m benchmarks.fisher_cv --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
 
+``--set KEY=VALUE`` (repeatable) goes to every run, e.g. ``--set features.fisher.weight_cases=crossfit``
+with its own ``--out`` (the FV and IFV runs then read the fgFV run's final and inner CNNs).
+
 On a 2-core CPU the ISIC-2017 CNN is trained at ``--isic-size`` pixels (default 64) for
 ``--isic-epochs`` epochs (default 15); pass ``--isic-size 128 --isic-epochs 30`` for the config's own setting.
 """
@@ -52,10 +55,13 @@ def main() -> None:
     parser.add_argument("--isic-epochs", type=int, default=15)
     for name in ("ph2", "isic", "dermamnist"):
         parser.add_argument(f"--skip-{name}", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run")
     args = parser.parse_args()
+    overrides = tuple(args.overrides)
     sections, timings = [], {}
     if args.ph2.exists() and not args.skip_ph2:
-        runs = compare("configs/ph2_fgfv.yaml", args.ph2, args.out, list(range(5)), 5, "heldout")
+        runs = compare("configs/ph2_fgfv.yaml", args.ph2, args.out, list(range(5)), 5, "heldout", overrides)
         rows = {}
         for e in ENCODINGS:
             both = [at_thresholds(r, args.out / f"ph2_fgfv-{e}" / f"fold{k}", args.ph2) for k, r in enumerate(runs[e])]
@@ -65,7 +71,7 @@ def main() -> None:
                          format_table(rows, ["AUC", "ACC", "SEN", "SPE", "threshold"], style="markdown")))
         timings.update({f"ph2 {e}": runs[e] for e in ENCODINGS})
     if args.isic.exists() and not args.skip_isic:
-        extra = (f"data.image_size=[{args.isic_size},{args.isic_size}]", f"train.epochs={args.isic_epochs}")
+        extra = (f"data.image_size=[{args.isic_size},{args.isic_size}]", f"train.epochs={args.isic_epochs}", *overrides)
         runs = compare("configs/isic2017_fgfv.yaml", args.isic, args.out, [None], 1, "val", extra)
         columns = ["melanoma AUC", "seborrheic_keratosis AUC", "mean AUC"]
         rows = {f"{e} (isic2017_fgfv, {args.isic_size} px)": runs[e][0]["metrics"] for e in ENCODINGS}
@@ -73,7 +79,7 @@ def main() -> None:
                          format_table(rows, columns, style="markdown")))
         timings.update({f"isic {e}": runs[e] for e in ENCODINGS})
     if args.dermamnist.exists() and not args.skip_dermamnist:
-        runs = compare("configs/dermamnist_fgfv.yaml", args.dermamnist, args.out, [None], 1, "val")
+        runs = compare("configs/dermamnist_fgfv.yaml", args.dermamnist, args.out, [None], 1, "val", overrides)
         rows = {f"{e} (dermamnist_fgfv)": runs[e][0]["metrics"] for e in ENCODINGS}
         sections.append(("DermaMNIST validation set (1003 images, 7 classes), macro one-vs-rest AUC, accuracy "
                          "and balanced accuracy:", format_table(rows, ["AUC", "ACC", "BMA"], style="markdown")))
