@@ -1,10 +1,12 @@
 """Cross-fitting (``features.cnn.head_cases: crossfit``, ``features.fisher.weight_cases: crossfit``):
 every training case is described exactly once, by an inner CNN that learnt neither from it nor from
-its patient; Fuse-TSD's CNN head and fgFV's encoding learn from those descriptions; the final CNN
-trains on every training case; a resumed run keeps the inner CNNs it had finished; bad settings
-exit with code 2 and leave no run directory."""
+its patient; Fuse-TSD's CNN head and fgFV's encoding learn from those descriptions; validation and
+new cases are described by each of the k CNNs and the probabilities averaged; a resumed run keeps
+the inner CNNs it had finished; bad settings exit with code 2 and leave no run directory."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -69,32 +71,26 @@ def spy(module, name: str, seen: list):
 
 
 def check_out_of_fold(calls, described, train_ids, k, record):
-    """The CNNs trained are the k inner ones (each in its own folder) and then the final one on every
-    training case; the inner ones describe every training case once, each a case it did not learn
-    from, of a patient it did not learn from, and the record says which. Returns {case id: its
-    description}."""
-    assert [(stage, folder) for stage, folder, _ in calls] == \
-        [(f"cnn_fold{j}", f"cnn_fold{j}") for j in range(k)] + [("cnn", "")]
-    final = calls[-1][2]
-    assert final.trained_on == set(train_ids)
-    inner = [(model, ids, rows) for model, ids, rows in described if model is not final]
-    assert {id(model) for model, _, _ in inner} == {id(model) for _, _, model in calls[:-1]}
+    """The CNNs trained are the k inner ones, each in its own folder (no CNN learns from every
+    training case); they describe every training case once, each a case it did not learn from, of a
+    patient it did not learn from, and the record says which. Returns {case id: its description}."""
+    assert [(stage, folder) for stage, folder, _ in calls] == [(f"cnn_fold{j}", f"cnn_fold{j}") for j in range(k)]
+    ids_ = set(train_ids)
+    inner = [(model, ids, rows) for model, ids, rows in described if set(ids) <= ids_]
+    assert [id(model) for model, _, _ in inner] == [id(model) for _, _, model in calls]
     assert sorted(i for _, ids, _ in inner for i in ids) == sorted(train_ids)  # each exactly once
     for (stage, _, model), (_, ids, _) in zip(calls, inner):
         assert record.stage(stage).fitted["describes"] == ids
         assert not set(ids) & model.trained_on
         assert set(ids) | model.trained_on == set(train_ids)
         assert not {patient(i) for i in ids} & {patient(i) for i in model.trained_on}  # patient-grouped folds
-    for model, ids, _ in described:
-        assert model is not final or not set(ids) & set(train_ids)  # the final CNN describes no training case
     return {i: row for _, ids, rows in inner for i, row in zip(ids, rows)}
 
 
 def test_fuse_tsd_cnn_head_learns_from_out_of_fold_features(vois, tmp_path, monkeypatch):
-    calls, features, tables, stages = [], [], [], []
+    calls, features, stages = [], [], []
     monkeypatch.setattr(fuse_tsd, "fit_network", fake_fit_network(calls))
     monkeypatch.setattr(fuse_tsd, "slice_features", spy(fuse_tsd, "slice_features", features))
-    monkeypatch.setattr(fuse_tsd, "describe", spy(fuse_tsd, "describe", tables))
     monkeypatch.setattr(fuse_tsd, "descriptor_stage", spy(fuse_tsd, "descriptor_stage", stages))
     run = RunDir(tmp_path / "run")
     record = fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(run, device="cpu")
@@ -103,15 +99,18 @@ def test_fuse_tsd_cnn_head_learns_from_out_of_fold_features(vois, tmp_path, monk
     described = [(args[0], list(args[1].ids), out[0]) for args, _, out in features]
     oof = check_out_of_fold(calls, described, train_ids, 3, record)
 
-    (train_args, _, (train_table, _)), (val_args, _, (val_table, _)) = tables
-    assert list(train_args[0].ids) == train_ids and list(val_args[0].ids) == val_ids
-    assert np.array_equal(train_table["cnn"], np.stack([oof[i] for i in train_ids]))  # the head's input
-    final_rows = [rows for model, ids, rows in described if model is calls[-1][2] and ids == val_ids]
-    assert len(final_rows) == 1 and np.array_equal(val_table["cnn"], final_rows[0])
-    assert not np.allclose(train_table["cnn"], fuse_tsd.slice_features(
-        calls[-1][2], train_args[0], record.input, 3, torch.device("cpu"))[0])  # not the final CNN's
-    assert stages[0][1]["rows"] == {}  # every training nodule, for every head
-    assert np.array_equal(stages[0][0][4]["cnn"], train_table["cnn"])
+    (args, kwargs, (_, heads, val_proba)), = stages
+    train, val = args[4], args[6]
+    assert np.array_equal(train["cnn"], np.stack([oof[i] for i in train_ids]))  # the CNN head's input
+    assert kwargs["rows"] == {}  # every training nodule, for every head
+    # the validation nodules as each inner CNN describes them, in the CNNs' order
+    by_val = [rows for model, ids, rows in described if ids == val_ids]
+    assert len(val) == 3 and all(np.array_equal(v["cnn"], rows) for v, rows in zip(val, by_val))
+    assert all(np.array_equal(v["fourier"], val[0]["fourier"]) for v in val)
+    # the validation probabilities are those of the heads averaged over the three descriptions
+    each = [heads.predict_proba(v) for v in val]
+    assert np.allclose(val_proba, np.mean(each, axis=0))  # mean fusion: the mean of the heads' means
+    assert not np.allclose(val_proba, each[0])
 
 
 def fgfv_config(**fisher):
@@ -145,6 +144,9 @@ def test_fgfv_encoding_learns_from_out_of_fold_descriptors(tmp_path, monkeypatch
     assert len(X) == len(train_ids) and all(np.array_equal(x, oof[i]) for x, i in zip(X, train_ids))
     assert kwargs["validation"] == backs[0][2][1]  # the patient-grouped quarter of held_back scores the weights
     assert backs[0][0][1:] == (0.25, 0)
+    val_ids = run.split_ids("val")
+    by_val = [rows for model, ids, rows in described if ids == val_ids]
+    assert len(by_val) == 4  # each CNN describes the validation cases
 
 
 def test_crossfit_settings_are_checked(vois, tmp_path, capsys):
@@ -154,13 +156,16 @@ def test_crossfit_settings_are_checked(vois, tmp_path, capsys):
               "--set", "data.options={n: 24, size: 32, seed: 0}", "--device", "cpu",
               "--set", "features.fisher.weight_cases=crossfit"]
     weights = tmp_path / "model.safetensors"
-    weights.write_bytes(b"")  # not beside a crossfit run
+    weights.write_bytes(b"")  # a file, not a crossfit run directory
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
     for args, key in [(fuse + ["--set", "features.cnn.crossfit_folds=1"], "crossfit_folds"),
                       (fuse + ["--set", "features.cnn.head_cases=crossfold"], "head_cases"),
-                      (fuse + ["--set", f"features.cnn.weights={weights}"], f"{tmp_path / 'run.json'}"),
+                      (fuse + ["--set", f"features.cnn.weights={weights}"], "no such run directory"),
+                      (fuse + ["--set", f"features.cnn.weights={not_a_run}"], "not a crossfit run directory"),
                       (fisher + ["--set", "features.fisher.crossfit_folds=1"], "crossfit_folds"),
                       (fisher + ["--set", "features.fisher.weight_cases=cross"], "weight_cases"),
-                      (fisher + ["--set", f"features.fisher.cnn_weights={weights}"], f"{weights}: crossfit reads"),
+                      (fisher + ["--set", f"features.fisher.cnn_weights={not_a_run}"], f"{not_a_run}: not a crossfit"),
                       # 12 patients, about 8 of them training: more inner folds than patients
                       (fuse + ["--set", "features.cnn.crossfit_folds=9", "--set", "data.val_fraction=0.3"],
                        "features.cnn.crossfit_folds: 9 inner folds")]:
@@ -208,20 +213,25 @@ def test_resume_after_an_interrupted_inner_cnn_keeps_the_finished_ones(vois, tmp
 
     monkeypatch.setattr(Trainer, "fit", noting_fit)
     record = fuse_tsd.FuseTSD(fuse_tsd_config(vois, crossfit_folds=3)).train(cut, device="cpu")
-    assert trained == ["cnn_fold1", "cnn_fold2", "cut"]  # fold 0 not trained again
+    assert trained == ["cnn_fold1", "cnn_fold2"]  # fold 0 not trained again
     assert record.finished and (cut.path / "cnn_fold0" / "model.safetensors").read_bytes() == first
     for name in ("cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors", "cnn_fold2/model.safetensors",
-                 "model.safetensors", "heads.safetensors"):
+                 "heads.safetensors", "metrics.json"):
         assert (cut.path / name).read_bytes() == (whole.path / name).read_bytes(), name
 
 
 @pytest.mark.slow
 def test_fgfv_encodings_share_the_cnns_of_an_earlier_crossfit_run(tmp_path, monkeypatch, capsys):
-    """IFV reads the final and inner CNNs of an fgFV crossfit run instead of training them, once it
-    has found that they described its own folds; a run with other folds is refused (exit 2)."""
+    """fgFV crossfit end to end: the reloaded run predicts with its k CNNs what validation scored;
+    IFV reads those k CNNs instead of training them, once it has found that they described its own
+    folds; a run with other folds is refused (exit 2)."""
     from safetensors.numpy import load_file
 
     from medsight.engine.loop import Trainer
+    from medsight.recipes import load_recipe
+    from sklearn.metrics import roc_auc_score
+
+    from medsight.recipes.common import open_data
 
     base = ["--device", "cpu", "--epochs", "1", "--set", "data.format=synthetic", "--set", "data.task=null",
             "--set", "data.options={n: 32, size: 32, seed: 1}", "--set", "data.image_size=[32,32]",
@@ -230,7 +240,22 @@ def test_fgfv_encodings_share_the_cnns_of_an_earlier_crossfit_run(tmp_path, monk
             "--set", "features.fisher.crossfit_folds=2"]
     first = tmp_path / "fgfv"
     assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(first), *base]) == 0
-    weights = first / "model.safetensors"
+    assert not (first / "model.safetensors").exists()  # no CNN trained on every training case
+    recipe = load_recipe(first, "cpu")
+    assert len(recipe.models_) == 2
+    dataset = open_data(recipe.cfg)
+    val_ids = set(RunDir(first).split_ids("val"))
+    dataset.samples = [s for s in dataset.samples if s.id in val_ids]
+    preds = recipe.predict(dataset)
+    assert list(preds.loaded.ids) == [s.id for s in dataset.samples]
+    each = [recipe.heads_.predict_proba({"fisher": recipe.encoder_.transform(
+        fgfv.local_descriptors(model, preds.loaded, recipe.record_.input, [1.0], recipe.device_)[0])})
+        for model in recipe.models_]
+    assert np.allclose(preds.outputs.numpy(), np.mean(each, axis=0)) and not np.allclose(each[0], each[1])
+    y = [recipe.record_.task.label_of(s.diagnosis) for s in dataset.samples]
+    validation = json.loads((first / "metrics.json").read_text())["validation"]
+    assert validation["AUC"] == pytest.approx(roc_auc_score(y, preds.outputs[:, 1].numpy()), abs=1e-6)
+    weights = first
 
     def no_training(*args, **kwargs):
         raise AssertionError("a CNN was trained")
@@ -239,7 +264,7 @@ def test_fgfv_encodings_share_the_cnns_of_an_earlier_crossfit_run(tmp_path, monk
     second = tmp_path / "ifv"
     assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(second), *base,
                  "--set", "features.fisher.encoding=ifv", "--set", f"features.fisher.cnn_weights={weights}"]) == 0
-    for name in ("model.safetensors", "cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors"):
+    for name in ("cnn_fold0/model.safetensors", "cnn_fold1/model.safetensors"):
         a, b = load_file(str(first / name)), load_file(str(second / name))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
     assert RunDir(second).read_record().stage("cnn_fold1").fitted == RunDir(first).read_record().stage("cnn_fold1").fitted

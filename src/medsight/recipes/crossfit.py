@@ -5,25 +5,27 @@ are better separated than on new ones, and a head fitted on them trusts them too
 
 The protocol (``crossfit``, with ``crossfit_folds`` k): the training cases are split into k
 patient-grouped, label-stratified inner folds (:func:`inner_folds`); k networks are trained, each
-on k - 1 folds and validated on the run's validation cases like the final one, and each describes
-the cases of the fold it did not see (:func:`cross_fit`). Every training case is so described
-exactly once, by a network that did not learn from it, and the head learns from all of them.
+on k - 1 folds (validated, for its epoch, on the run's validation cases), and each describes the
+cases of the fold it did not see (:func:`cross_fit`). Every training case is so described exactly
+once, by a network that did not learn from it, and the head learns from all of them.
 
-The network that then describes the validation, held-out and predicted cases is trained on every
-training case: the usual cross-fitting (stacking) protocol, which keeps one network to predict
-with, trained on the most data, at the cost of k + 1 trainings. Its features are not the inner
-networks' own: they agree only as far as networks trained alike from one initialisation (all
-k + 1 start from the run's seed) keep their channels' meaning. The alternative, describing a new
-case with each of the k inner networks and averaging the head's probabilities over them, needs no
-such agreement but costs k forward passes and k weight files at prediction; averaging the k
-networks' features themselves would need the same agreement as the final network does.
+Validation, held-out and new cases are described by each of the k networks, and the head's
+probabilities are averaged over the k descriptions (:meth:`medsight.recipes.heads.Heads.mean_proba`):
+the head then reads each network's features as it learnt them, and no case it scores was
+trained on by the network that described it. The usual stacking protocol instead trains one more
+network on every training case to describe new cases; that holds for base models whose outputs
+are predictions, but a network's features are its own coordinates, and another network's (even
+one from the same initialisation) do not mean the same. Measured on a synthetic fgFV run
+(benchmarks/RESULTS.md, issue 18 cross-fitting): the same channel of an inner and such a final
+network correlated at r 0.17, and the validation AUC was 0.23 with the final network against
+0.93 averaging the k. Averaging the k networks' features before the head would mix coordinates
+in the same way. The price: k forward passes and k weight files at prediction, k trainings.
 
 Each inner network is a stage of its own (``<stage>_fold<j>``, its files in the folder of that
 name in the run directory, the ids of the cases it described in its stage record), so a resumed
-run reads the finished ones back and trains only the rest. A recipe that reads its network from
-an earlier crossfit run's ``model.safetensors`` reads the inner ones from beside it
-(:func:`earlier_fold`), once :func:`check_earlier_run` has found that they described the same
-cases as this run's folds would.
+run reads the finished ones back and trains only the rest. A recipe can read the k networks from
+an earlier crossfit run directory instead (:func:`fold_weights`), once :func:`check_earlier_run`
+has found that they described the same cases as this run's folds would.
 """
 
 from __future__ import annotations
@@ -63,52 +65,63 @@ def fold_stage(stage: str, fold: int) -> str:
     return f"{stage}_fold{fold}"
 
 
-def earlier_fold(weights: Path, name: str) -> Path:
-    """Where the crossfit run whose final network is ``weights`` keeps inner network ``name``."""
-    return weights.parent / name / weights.name
+def fold_weights(run: Path, name: str) -> Path:
+    """The weights of inner network ``name`` in crossfit run directory ``run``."""
+    return run / name / "model.safetensors"
 
 
-def check_earlier_run(weights: Path, stage: str, folds: list[np.ndarray], ids: Sequence[str]) -> None:
-    """Before anything is written: ``weights`` is the final network of an earlier crossfit run
-    whose inner networks (beside it, :func:`earlier_fold`) described the same cases as ``folds``
-    of the training cases ``ids`` (same data, split, seed and number of folds), so that each still
-    describes cases it did not learn from."""
+def network_files(run: RunDir, stage: str, folds: int | None) -> list[Path]:
+    """The weights of the networks that describe new cases: the ``folds`` inner networks of a
+    crossfit run, or (``folds`` None) the run's one network."""
+    if folds is None:
+        return [run.stage_dir() / "model.safetensors"]
+    return [fold_weights(run.path, fold_stage(stage, j)) for j in range(folds)]
+
+
+def check_earlier_run(run: Path, stage: str, folds: list[np.ndarray], ids: Sequence[str]) -> None:
+    """Before anything is written: ``run`` is an earlier crossfit run directory whose inner
+    networks (:func:`fold_weights`) described the same cases as ``folds`` of the training cases
+    ``ids`` (same data, split, seed and number of folds), so that each still describes cases it
+    did not learn from."""
+    if not run.is_dir():
+        raise InputError(run, "not found: with crossfit, name an earlier crossfit run directory")
     try:
-        record = RunDir(weights.parent).read_record()
+        record = RunDir(run).read_record()
     except InputError as exc:
-        raise InputError(weights, f"crossfit reads its inner networks from the run directory of this file, "
-                                  f"and that holds no readable run record ({exc})") from None
+        raise InputError(run, f"not a crossfit run directory: no readable run record ({exc})") from None
     for j, fold in enumerate(folds):
         name = fold_stage(stage, j)
         described = record.stage(name).fitted.get("describes")
-        if described is None or not earlier_fold(weights, name).is_file():
-            raise InputError(weights, f"not the network of a finished crossfit run with {len(folds)} inner folds "
-                                      f"({earlier_fold(weights, name)} or its stage record is missing)")
+        if described is None or not fold_weights(run, name).is_file():
+            raise InputError(run, f"not a finished crossfit run with {len(folds)} inner folds "
+                                  f"({fold_weights(run, name)} or its stage record is missing)")
         if sorted(described) != sorted(ids[i] for i in fold):
-            raise InputError(weights.parent / "run.json", f"its inner network {name} described other cases than "
-                                                          "this run's fold (another split, seed or number of folds)")
+            raise InputError(run / "run.json", f"its inner network {name} described other cases than this "
+                                               "run's fold (another split, seed or number of folds)")
 
 
 def cross_fit(run: RunDir, record: RunRecord, train: Loaded, folds: list[np.ndarray], stage: str, fit: FitNetwork,
               describe: Describe, console: Console, what: str = "CNN", source: Path | None = None
-              ) -> tuple[RunRecord, list]:
+              ) -> tuple[RunRecord, list, list]:
     """Train one network per fold on the other folds' cases (``fit``, stage and folder
     :func:`fold_stage`; a stage the record holds finished is read back by ``fit``, not trained)
     and let it ``describe`` the fold's cases, whose ids the stage's record keeps. Returns the
-    record and, for every case of ``train`` in its order, the description made by the network
-    that did not learn from it. ``source``: the earlier run's final network, when ``fit`` reads
-    the inner networks from that run (for the progress lines)."""
+    record, for every case of ``train`` in its order the description made by the network that did
+    not learn from it, and the k networks. ``source``: the earlier crossfit run, when ``fit``
+    reads the networks from it (for the progress lines)."""
     described: list = [None] * len(train.ids)
+    networks = []
     everything = np.arange(len(train.ids))
     for j, fold in enumerate(folds):
         name = fold_stage(stage, j)
         rest = np.setdiff1d(everything, fold)
         done = record.stage(name).finished
         console.print(f"cross-fitting {what} {j + 1}/{len(folds)} ({name}): "
-                      + ("finished earlier, read back" if done else f"read from {earlier_fold(source, name)}"
+                      + ("finished earlier, read back" if done else f"read from {fold_weights(source, name)}"
                          if source else f"trains on {len(rest)} training cases")
                       + f"; it describes the other {len(fold)}")
         record, network = fit(record, name, name, subset(train, rest))
+        networks.append(network)
         if not done and not source:
             kept = record.stage(name)
             score = kept.validation.get(kept.monitor) if kept.monitor else None
@@ -119,4 +132,4 @@ def cross_fit(run: RunDir, record: RunRecord, train: Loaded, folds: list[np.ndar
             described[position] = description
         record = record.with_stage(name, dataclasses.replace(record.stage(name), fitted={"describes": held.ids}))
         run.write_record(record)
-    return record, described
+    return record, described, networks

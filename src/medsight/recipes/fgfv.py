@@ -23,20 +23,22 @@ cross-fits (:mod:`medsight.recipes.crossfit`): ``crossfit_folds`` (4) inner CNNs
 all but one patient-grouped fold of the training cases, describe the cases of the fold they did
 not see; the GMM, the foreground weights (scored on the same patient-grouped ``val_fraction`` as
 ``held_back``, by an SVM fitted on the other cases' out-of-fold codes) and the SVM head then all
-learn from these out-of-fold descriptors of every training case, whatever the ``encoding``, and
-the CNN that describes validation and new cases is trained on all of them (k + 1 CNN trainings).
+learn from these out-of-fold descriptors of every training case, whatever the ``encoding``;
+validation and new cases are encoded from each of the k CNNs' descriptors and the SVM's
+probabilities averaged over them (membership maps: mg averaged), as no CNN trained on all
+training cases has descriptors that mean what the inner ones' meant (:mod:`~medsight.recipes.crossfit`).
 With ``cnn_weights``, the same cases are held back, so a CNN read from a ``held_back`` run of the
-same data, folds and seed did not see them; with ``crossfit`` the file must be an earlier
-crossfit run's ``model.safetensors``, whose inner CNNs are read from beside it once its record
-shows that they described this run's folds (so FV, IFV and fgFV can share their CNNs).
+same data, folds and seed did not see them; with ``crossfit`` it names an earlier crossfit run
+directory, whose k CNNs are read once its record shows that they described this run's folds (so
+FV, IFV and fgFV can share their CNNs).
 
 With ``fgfv``, ``predict`` writes each case's membership map (how much each place belongs to the
 class-relevant foreground, from the scale-1 descriptor grid) to ``maps/<id>.png`` and its overlay
 to ``overlays/<id>.png``.
 
-Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
-``heads.safetensors`` (the GMM, component weights and SVM as arrays), ``validation_roc.png``; with
-``crossfit`` the same CNN files of each inner CNN in ``cnn_fold<j>/``.
+Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN; with
+``crossfit`` those of each of the k CNNs in ``cnn_fold<j>/``), ``heads.safetensors`` (the GMM,
+component weights and SVM as arrays), ``validation_roc.png``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import FitNetwork, check_earlier_run, cross_fit, earlier_fold, inner_folds
+from medsight.recipes.crossfit import (FitNetwork, check_earlier_run, cross_fit, fold_weights, inner_folds,
+                                       network_files)
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -80,7 +83,7 @@ class FisherFeatures(Section):
     encoding: Literal["fv", "ifv", "fgfv"] = "fgfv"
     n_components: int = Field(64, ge=1)
     scales: list[float] = Field(default_factory=lambda: [1.0])
-    cnn_weights: str | None = None  # read the CNN from this file instead of training it
+    cnn_weights: str | None = None  # read the CNN from this file (crossfit: the k CNNs of this run directory)
     weight_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # what the CNN's features fit (docstring)
     crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
     max_descriptors: int | None = None
@@ -170,10 +173,11 @@ class Fisher:
         from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg, opts = self.cfg, self.cfg.fisher
-        if opts.cnn_weights and not Path(opts.cnn_weights).is_file():
-            raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: file not found")
-        self.device_ = select_device(device)
         crossfit = opts.weight_cases == "crossfit"
+        if opts.cnn_weights and not (Path(opts.cnn_weights).is_dir() if crossfit else Path(opts.cnn_weights).is_file()):
+            raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: " + ("no such run directory" if crossfit
+                                                                                   else "file not found"))
+        self.device_ = select_device(device)
 
         def check(d: TrainingData) -> None:  # before the run directory is written
             one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
@@ -189,7 +193,7 @@ class Fisher:
 
         fit_cnn = self._cnn_fitter(run, data, callbacks)
         back = None  # the training cases that score the foreground weights
-        cnn_cases, out_of_fold = data.train, None
+        cnn_cases = data.train
         if opts.encoding == "fgfv" and opts.weight_cases != "seen":
             kept, back = held_back(data, opts.val_fraction or 0.25, cfg.seed)
             if not crossfit:  # held_back: the CNN does not learn from them
@@ -197,17 +201,17 @@ class Fisher:
                 self.console.print(f"CNN: {len(kept)} training cases; {len(back)} held back for the foreground weights")
         if crossfit:
             folds = inner_folds(data, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
-
-            def describe_fold(model, cases: Loaded) -> list[np.ndarray]:
-                return local_descriptors(model, cases, self.record_.input, opts.scales, self.device_)[0]
-
-            record, out_of_fold = cross_fit(run, record, data.train, folds, "cnn", fit_cnn, describe_fold,
-                                            self.console, "CNN", opts.cnn_weights and Path(opts.cnn_weights))
-            self.console.print(f"CNN: the final one trains on all {len(data.train.ids)} training cases; the encoding "
-                               "and the SVM learn from their out-of-fold descriptors")
-        record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
-
-        descriptors = out_of_fold if out_of_fold is not None else self.local_descriptors(data.train)[0]
+            record, descriptors, self.models_ = cross_fit(
+                run, record, data.train, folds, "cnn", fit_cnn,
+                lambda model, cases: local_descriptors(model, cases, self.record_.input, opts.scales,
+                                                       self.device_)[0],
+                self.console, "CNN", opts.cnn_weights and Path(opts.cnn_weights))
+            self.console.print(f"CNN: the encoding and the SVM learn from the out-of-fold descriptors of all "
+                               f"{len(data.train.ids)} training cases; new cases are described by the {len(folds)} CNNs")
+        else:
+            record, model = fit_cnn(record, "cnn", "", cnn_cases)
+            self.models_ = [model]
+            (descriptors, _), = self.local_descriptors(data.train)
         self.encoder_ = opts.encoder(cfg.seed)
         self.console.print(f"fitting the {opts.encoding} encoder ({opts.n_components} components) on "
                            f"{sum(len(d) for d in descriptors)} descriptors of {len(descriptors)} cases")
@@ -217,7 +221,7 @@ class Fisher:
         else:
             self.encoder_.fit(descriptors)
         train = {"fisher": self.encoder_.transform(descriptors)}
-        val = {"fisher": self.encoder_.transform(self.local_descriptors(data.val)[0])}
+        val = self.codes(data.val)
         encoder = {"type": type(self.encoder_).__name__, "params": self.encoder_.get_params()}
         record, self.heads_, val_proba = descriptor_stage(
             run, record, "descriptors", cfg.head, train, y, val, data.val.labels.numpy(), cfg.predict, self.console,
@@ -230,15 +234,15 @@ class Fisher:
 
     def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
         """Train a fresh CNN on some training cases as a stage of the run (read back when the
-        record holds it finished), or read it from ``features.fisher.cnn_weights`` (an inner CNN
-        from beside that file). Every one starts from the run's seed, so they start alike."""
+        record holds it finished), or read it from ``features.fisher.cnn_weights`` (crossfit: from
+        that run directory's stage folder). Every one starts from the run's seed."""
         cfg, weights = self.cfg, self.cfg.fisher.cnn_weights
 
         def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
             torch.manual_seed(cfg.seed)
             model = build_network(cfg, record.input, len(data.task.classes))
             if weights:
-                path = earlier_fold(Path(weights), folder) if folder else Path(weights)
+                path = fold_weights(Path(weights), folder) if folder else Path(weights)
                 return read_network(run, record, stage, model, path, self.device_, self.console, folder), model
             weight = class_weights(cases.labels, len(data.task.classes)) \
                 if cfg.train.class_weights == "balanced" else None
@@ -250,14 +254,23 @@ class Fisher:
 
         return fit
 
-    def local_descriptors(self, loaded: Loaded):
-        return local_descriptors(self.model_, loaded, self.record_.input, self.cfg.fisher.scales, self.device_)
+    def local_descriptors(self, loaded: Loaded) -> list[tuple[list[np.ndarray], list[tuple[int, int]]]]:
+        """:func:`local_descriptors` of the cases by each CNN of the run (one, or crossfit's k)."""
+        return [local_descriptors(model, loaded, self.record_.input, self.cfg.fisher.scales, self.device_)
+                for model in self.models_]
+
+    def codes(self, loaded: Loaded) -> list[dict[str, np.ndarray]]:
+        """The cases' codes from each CNN's descriptors, for the heads' :meth:`~Heads.mean_proba`."""
+        return [{"fisher": self.encoder_.transform(descriptors)} for descriptors, _ in self.local_descriptors(loaded)]
 
     def restore(self, run: RunDir, device: str = "auto") -> Fisher:
         self.device_ = select_device(device)
         self.record_ = run.finished_record()
-        model = build_network(self.cfg, self.record_.input, len(self.record_.task.classes))
-        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        opts = self.cfg.fisher
+        self.models_ = [restore_network(build_network(self.cfg, self.record_.input, len(self.record_.task.classes)),
+                                        path, self.device_)
+                        for path in network_files(run, "cnn", opts.crossfit_folds if opts.weight_cases == "crossfit"
+                                                  else None)]
         self.heads_, arrays = read_stage(run, self.record_, "descriptors", self.cfg.head)
         info = self.record_.stage("descriptors").fitted.get("encoder", {})
         if info.get("type") not in ENCODERS:
@@ -273,8 +286,7 @@ class Fisher:
         loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, need_masks, self.console)
         if not loaded.ids:
             return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
-        codes = {"fisher": self.encoder_.transform(self.local_descriptors(loaded)[0])}
-        return Predictions(loaded, torch.from_numpy(self.heads_.predict_proba(codes)), rejected, dataset)
+        return Predictions(loaded, torch.from_numpy(self.heads_.mean_proba(self.codes(loaded))), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:
         return class_rows(self.record_.task, preds, self.cfg.predict, self.record_.thresholds)
@@ -285,13 +297,15 @@ class Fisher:
             return
         from medsight.explain import MapWriter
 
-        descriptors, grids = self.local_descriptors(preds.loaded)
+        described = self.local_descriptors(preds.loaded)
+        grids = described[0][1]  # the same grid from every CNN (one architecture)
         writer = MapWriter(folder)
         by_id = {s.id: s for s in preds.dataset.samples}
-        for case, d, grid in zip(preds.loaded.ids, descriptors, grids):
+        for i, (case, grid) in enumerate(zip(preds.loaded.ids, grids)):
             image = by_id[case].load_image()
-            first = d[: grid[0] * grid[1]]  # the scale-1 cells, row-major
-            soft, _ = membership_map(self.encoder_.membership(first), grid, image.shape[1:])
+            cells = grid[0] * grid[1]  # the scale-1 cells come first, row-major
+            mg = np.mean([self.encoder_.membership(descriptors[i][:cells]) for descriptors, _ in described], axis=0)
+            soft, _ = membership_map(mg, grid, image.shape[1:])
             writer.write(case, image, soft)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:

@@ -21,16 +21,17 @@ hand-crafted heads learn from every training nodule. ``crossfit`` cross-fits
 (:mod:`medsight.recipes.crossfit`): ``features.cnn.crossfit_folds`` (4) inner CNNs, each trained
 on all but one patient-grouped fold of the training nodules, describe the nodules of the fold
 they did not see, the CNN head learns from these out-of-fold features of every training nodule,
-and the CNN that describes validation and new nodules is trained on all of them (k + 1 CNN
-trainings). ``seen`` trains the CNN on every training nodule and fits its head on them (the
-earlier protocol). With ``features.cnn.weights`` the same nodules are held back, so a CNN read
-from a ``held_back`` run of the same data, folds and seed did not see them; with ``crossfit`` the
-file must be an earlier crossfit run's ``model.safetensors``, whose inner CNNs are read from
-beside it once its record shows that they described this run's folds.
+and validation and new nodules are described by each of the k CNNs, the heads' probabilities
+averaged over them (no CNN is trained on all training nodules: its features would not be the
+ones the head learnt, see :mod:`~medsight.recipes.crossfit`). ``seen`` trains the CNN on every
+training nodule and fits its head on them (the earlier protocol). With ``features.cnn.weights``
+the same nodules are held back, so a CNN read from a ``held_back`` run of the same data, folds
+and seed did not see them; with ``crossfit`` it names an earlier crossfit run directory, whose k
+CNNs are read once its record shows that they described this run's folds.
 
-Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN),
-``heads.safetensors``, ``validation_roc.png``; with ``crossfit`` the same CNN files of each
-inner CNN in ``cnn_fold<j>/``.
+Files: ``model.safetensors``, ``history.csv``, ``training_curves.png`` (the CNN; with
+``crossfit`` those of each of the k CNNs in ``cnn_fold<j>/``), ``heads.safetensors``,
+``validation_roc.png``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import FitNetwork, check_earlier_run, cross_fit, earlier_fold, inner_folds
+from medsight.recipes.crossfit import (FitNetwork, check_earlier_run, cross_fit, fold_weights, inner_folds,
+                                       network_files)
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -67,7 +69,7 @@ class CNNFeatures(Section):
     """``features.cnn``: the learnt descriptor."""
 
     min_pixels: int = Field(3, ge=1)  # a slice with fewer mask pixels is not the nodule's
-    weights: str | None = None  # read the CNN from this file instead of training it
+    weights: str | None = None  # read the CNN from this file (crossfit: the k CNNs of this run directory)
     head_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # nodules the CNN head learns from (docstring)
     held_back: float = Field(0.25, gt=0, lt=1)  # share of the training patients held back from the CNN
     crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
@@ -135,20 +137,22 @@ class FuseTSD:
         self.computed = {name: computed_descriptor(name, options, spacing, self.console)
                          for name, options in cfg.features.items() if name != "cnn"}
 
-    def descriptors(self) -> dict:
-        cnn = self.cfg.cnn
-        return {**self.computed,
-                "cnn": lambda loaded: slice_features(self.model_, loaded, self.record_.input, cnn.min_pixels,
-                                                     self.device_)}
+    def descriptions(self, loaded: Loaded) -> list[dict[str, np.ndarray]]:
+        """The cases' descriptors as each CNN of the run sees them: the hand-crafted ones, and
+        ``cnn`` from the one CNN (``held_back``, ``seen``) or from each of the k (``crossfit``)."""
+        computed, _ = describe(loaded, self.computed)
+        return [{**computed, "cnn": slice_features(model, loaded, self.record_.input, self.cfg.cnn.min_pixels,
+                                                   self.device_)[0]} for model in self.models_]
 
     def train(self, run: RunDir, device: str = "auto", callbacks=()) -> RunRecord:
         from medsight.figures import plot_roc  # matplotlib: only when training
 
         cfg, cnn = self.cfg, self.cfg.cnn
-        if cnn.weights and not Path(cnn.weights).is_file():
-            raise InputError(cnn.weights, "features.cnn.weights: file not found")
-        self.device_ = select_device(device)
         crossfit = cnn.head_cases == "crossfit"
+        if cnn.weights and not (Path(cnn.weights).is_dir() if crossfit else Path(cnn.weights).is_file()):
+            raise InputError(cnn.weights, "features.cnn.weights: " + ("no such run directory" if crossfit
+                                                                      else "file not found"))
+        self.device_ = select_device(device)
 
         def check(d: TrainingData) -> None:  # before the run directory is written
             one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
@@ -163,31 +167,35 @@ class FuseTSD:
         started = time.perf_counter()
 
         fit_cnn = self._cnn_fitter(run, data, callbacks)
-        cnn_cases, rows, out_of_fold = data.train, {}, None
-        if cnn.head_cases == "held_back":
-            kept, back = held_back(data, cnn.held_back, cfg.seed)
-            cnn_cases, rows = subset(data.train, kept), {"cnn": back}
-            self.console.print(f"slice CNN: {len(kept)} training nodules; its head learns from the {len(back)} "
-                               "held back from it")
+
+        def describe_fold(model, cases: Loaded) -> np.ndarray:
+            return slice_features(model, cases, self.record_.input, cnn.min_pixels, self.device_)[0]
+
+        rows = {}
         if crossfit:
             folds = inner_folds(data, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
-            def describe_fold(model, cases: Loaded) -> np.ndarray:
-                return slice_features(model, cases, self.record_.input, cnn.min_pixels, self.device_)[0]
-
-            record, out_of_fold = cross_fit(run, record, data.train, folds, "cnn", fit_cnn, describe_fold,
-                                            self.console, "slice CNN", cnn.weights and Path(cnn.weights))
-            self.console.print(f"slice CNN: the final one trains on all {len(data.train.ids)} training nodules; "
-                               "the CNN head learns from their out-of-fold features")
-        record, self.model_ = fit_cnn(record, "cnn", "", cnn_cases)
-
-        descriptors = self.descriptors()
-        if out_of_fold is not None:  # the CNN head learns from the inner CNNs' descriptions
-            matrix = np.stack(out_of_fold)
-            descriptors["cnn"] = lambda loaded: (matrix, [f"cnn_{k}" for k in range(matrix.shape[1])])
-        (train, names), (val, _) = describe(data.train, descriptors), describe(data.val, self.descriptors())
+            record, out_of_fold, self.models_ = cross_fit(run, record, data.train, folds, "cnn", fit_cnn,
+                                                          describe_fold, self.console, "slice CNN",
+                                                          cnn.weights and Path(cnn.weights))
+            cnn_train = np.stack(out_of_fold)
+            self.console.print(f"slice CNN: the CNN head learns from the out-of-fold features of all "
+                               f"{len(data.train.ids)} training nodules; new nodules are described by the "
+                               f"{len(folds)} CNNs")
+        else:
+            cnn_cases = data.train
+            if cnn.head_cases == "held_back":
+                kept, back = held_back(data, cnn.held_back, cfg.seed)
+                cnn_cases, rows = subset(data.train, kept), {"cnn": back}
+                self.console.print(f"slice CNN: {len(kept)} training nodules; its head learns from the {len(back)} "
+                                   "held back from it")
+            record, model = fit_cnn(record, "cnn", "", cnn_cases)
+            self.models_ = [model]
+            cnn_train = describe_fold(model, data.train)
+        computed, names = describe(data.train, self.computed)
+        train, names["cnn"] = {**computed, "cnn": cnn_train}, [f"cnn_{k}" for k in range(cnn_train.shape[1])]
         record, self.heads_, val_proba = descriptor_stage(
-            run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), val, data.val.labels.numpy(),
-            cfg.predict, self.console, fitted={"feature_names": names}, rows=rows)
+            run, record, "descriptors", cfg.head, train, data.train.labels.numpy(), self.descriptions(data.val),
+            data.val.labels.numpy(), cfg.predict, self.console, fitted={"feature_names": names}, rows=rows)
         plot_roc(data.task, data.val.labels.numpy(), val_proba, run.path / "validation_roc.png")
         thresholds = decision_thresholds(data.task, data.val.labels.numpy(), val_proba, cfg.predict, self.console)
         self.record_ = finish_run(run, record, record.stage("descriptors").validation, record.stage("cnn").best_epoch,
@@ -196,15 +204,15 @@ class FuseTSD:
 
     def _cnn_fitter(self, run: RunDir, data: TrainingData, callbacks) -> FitNetwork:
         """Train a fresh slice CNN on some training nodules as a stage of the run (read back when
-        the record holds it finished), or read it from ``features.cnn.weights`` (an inner CNN from
-        beside that file). Every one starts from the run's seed, so they start alike."""
+        the record holds it finished), or read it from ``features.cnn.weights`` (crossfit: from
+        that run directory's stage folder). Every one starts from the run's seed."""
         cfg, cnn = self.cfg, self.cfg.cnn
 
         def fit(record: RunRecord, stage: str, folder: str, cases: Loaded):
             torch.manual_seed(cfg.seed)
             model = build_network(cfg, record.input, len(data.task.classes), spatial_dims=2)
             if cnn.weights:
-                path = earlier_fold(Path(cnn.weights), folder) if folder else Path(cnn.weights)
+                path = fold_weights(Path(cnn.weights), folder) if folder else Path(cnn.weights)
                 return read_network(run, record, stage, model, path, self.device_, self.console, folder), model
             train_slices, _ = nodule_slices(cases, cnn.min_pixels)
             val_slices, _ = nodule_slices(data.val, cnn.min_pixels)
@@ -222,10 +230,13 @@ class FuseTSD:
         return fit
 
     def restore(self, run: RunDir, device: str = "auto") -> FuseTSD:
+        cnn = self.cfg.cnn
+        crossfit = cnn.head_cases == "crossfit"
         self.device_ = select_device(device)
         self.record_ = run.finished_record()
-        model = build_network(self.cfg, self.record_.input, len(self.record_.task.classes), spatial_dims=2)
-        self.model_ = restore_network(model, run.stage_dir() / "model.safetensors", self.device_)
+        self.models_ = [restore_network(build_network(self.cfg, self.record_.input, len(self.record_.task.classes),
+                                                      spatial_dims=2), path, self.device_)
+                        for path in network_files(run, "cnn", cnn.crossfit_folds if crossfit else None)]
         self.heads_, _ = read_stage(run, self.record_, "descriptors", self.cfg.head)
         return self
 
@@ -233,7 +244,7 @@ class FuseTSD:
         loaded, rejected = load_cases(dataset, self.cfg, self.record_.input, True, self.console)
         if not loaded.ids:
             return Predictions(loaded, torch.zeros((0, len(self.record_.task.classes))), rejected, dataset)
-        proba = self.heads_.predict_proba(describe(loaded, self.descriptors())[0])
+        proba = self.heads_.mean_proba(self.descriptions(loaded))
         return Predictions(loaded, torch.from_numpy(proba), rejected, dataset)
 
     def rows(self, preds: Predictions) -> list[dict]:

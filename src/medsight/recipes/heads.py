@@ -15,7 +15,7 @@ record. Nothing is pickled.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from pydantic import ValidationError
@@ -138,6 +138,15 @@ class Heads:
     def predict_proba(self, described: Mapping[str, np.ndarray]) -> np.ndarray:
         return self.fuse(self.probas(described))
 
+    def mean_probas(self, descriptions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Each head's class probabilities averaged over several descriptions of the same cases
+        (a cross-fitted recipe's networks each describe them once)."""
+        each = [self.probas(described) for described in descriptions]
+        return {name: np.mean([p[name] for p in each], axis=0) for name in each[0]}
+
+    def mean_proba(self, descriptions: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        return self.fuse(self.mean_probas(descriptions))
+
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(what rebuilds the heads, for the run record; their arrays, ``<head>.<key>``)."""
         info = {name: {"type": self.head.name, "params": head.get_params()} for name, head in self.heads_.items()}
@@ -156,20 +165,23 @@ class Heads:
 
 
 def descriptor_stage(run: RunDir, record: RunRecord, stage: str, head: HeadConfig,
-                     train: Mapping[str, np.ndarray], y_train: np.ndarray, val: Mapping[str, np.ndarray],
+                     train: Mapping[str, np.ndarray], y_train: np.ndarray,
+                     val: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
                      y_val: np.ndarray, predict: PredictConfig, console: Console, fitted: Mapping[str, Any] = {},
                      arrays: Mapping[str, np.ndarray] = {}, rows: Mapping[str, Any] = {}
                      ) -> tuple[RunRecord, Heads, np.ndarray]:
     """Fit the heads on the training cases' descriptors, score the validation cases, and save the
     stage (with the recipe's other ``fitted`` estimators and their ``arrays``; ``rows``: see
-    :meth:`Heads.fit`). The stage is the
-    last of its recipe and takes seconds to minutes, so an interrupted run fits it again.
+    :meth:`Heads.fit`). ``val`` may be several descriptions of the validation cases (one per
+    network of a cross-fitted recipe): each head's probabilities are then averaged over them
+    (:meth:`Heads.mean_probas`). The stage is the last of its recipe and takes seconds to
+    minutes, so an interrupted run fits it again.
     Returns the record, the heads and the fused validation probabilities."""
     task = record.task
     if len(np.unique(y_train)) < 2:
         raise InputError(record.data.root, "the training cases hold a single class")
     heads = Heads(head).fit(train, y_train, rows)
-    probas = heads.probas(val)
+    probas = heads.mean_probas([val] if isinstance(val, Mapping) else val)
     proba = heads.fuse(probas)
     metrics = task_metrics(task, y_val, proba, predict.threshold, one_vs_rest_classes(predict.one_vs_rest, task))
     if len(probas) > 1 and task.is_binary:  # how each descriptor does alone
