@@ -11,7 +11,7 @@ leave a dataset out.
     python -m benchmarks.fisher_cv --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
 
 ``--set KEY=VALUE`` (repeatable) goes to every run, e.g. ``--set features.fisher.weight_cases=crossfit``
-with its own ``--out`` (the FV and IFV runs then read the fgFV run's final and inner CNNs).
+with its own ``--out`` (the FV and IFV runs then read the fgFV run's k CNNs: cnn_weights names its folder).
 
 On a 2-core CPU the ISIC-2017 CNN is trained at ``--isic-size`` pixels (default 64) for
 ``--isic-epochs`` epochs (default 15); pass ``--isic-size 128 --isic-epochs 30`` for the config's own setting.
@@ -36,7 +36,9 @@ def compare(config: str, data: Path, out: Path, folds: list[int | None], n_folds
     runs: dict[str, list[dict]] = {e: [] for e in ENCODINGS}
     for fold in folds:
         runs["fgfv"].append(run_fold(config, data, out, fold, n_folds, f"{stem}-fgfv", extra, split))
-        cnn = out / f"{stem}-fgfv" / (f"fold{fold}" if fold is not None else "official") / "model.safetensors"
+        fgfv_run = out / f"{stem}-fgfv" / (f"fold{fold}" if fold is not None else "official")
+        crossfit = "features.fisher.weight_cases=crossfit" in extra
+        cnn = fgfv_run if crossfit else fgfv_run / "model.safetensors"  # crossfit reads the run's k CNNs
         for encoding in ("ifv", "fv"):
             runs[encoding].append(run_fold(config, data, out, fold, n_folds, f"{stem}-{encoding}",
                                            (*extra, f"features.fisher.encoding={encoding}",
