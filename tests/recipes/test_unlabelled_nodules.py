@@ -100,7 +100,7 @@ def test_the_segmenter_segments_the_vois_and_the_luna_spheres(data, tmp_path):
         want = crop_centered_mask(data["truth"][uid], centre, 32.0, SPACING_XYZ[::-1])
         assert voi.mask.shape == want.shape == voi.image.shape[1:]
         assert voi.spacing == pytest.approx(SPACING_XYZ[::-1]) and voi.diagnosis is None
-        assert segmentation_metrics(voi.mask, want)["DI"] > 0.8, voi.id
+        assert segmentation_metrics(voi.mask, want)["DI"] > 0.75, voi.id  # 0.84-0.94 here; an empty or full box < 0.2
         assert voi.image[0][want > 0].mean() > -100 and voi.image[0][want == 0].mean() < -600  # the CT's HU
 
 
