@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from medsight.cli import main
 from medsight.config import ConfigError
-from medsight.data import open_dataset
+from medsight.data import open_dataset, volumeio
 from medsight.metrics import segmentation_metrics
 from medsight.recipes import load_config, load_recipe
 from medsight.recipes.unlabelled_nodules import UnlabelledSource
@@ -88,6 +88,10 @@ def test_the_segmenter_segments_the_vois_and_the_luna_spheres(data, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["metrics"]["DI"] > 0.8  # on the CT's voxels
     assert main(["predict", str(run), str(data["vois"]), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "pred" / "masks").glob("*.nii.gz"))) == 18
+    for voi in open_dataset(data["vois"]).samples[:4]:  # on the VOI's own voxels, read back as any volume
+        written = volumeio.load(tmp_path / "pred" / "masks" / f"{voi.id}.nii.gz", is_mask=True)
+        assert written.shape == voi.load_mask().shape
+        assert segmentation_metrics(written, voi.load_mask())["DI"] > 0.75, voi.id
     source = UnlabelledSource(data["luna"], "luna", {}, run)
     nodules = source.nodules()
     ids = [s.id for s in nodules]
