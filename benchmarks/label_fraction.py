@@ -5,12 +5,19 @@ validation and held-out folds off the labelled cases exactly as ``mvkbc`` does).
 For each labelled fraction f (of each class's training patients; the rest are unlabelled training
 data) and each algorithm (configs/lidc_voi_semi_<algorithm>.yaml): held-out ACC / SEN / SPE / AUC
 mean ± std over the folds, and per fold the AUC gain over ``supervised`` at the same fraction.
+The peer is logistic regression on the nodule's log diameter fit on the same labelled nodules as
+the fold's ``supervised`` run (its ``split.json``), scored on the same held-out fold. A plot of
+held-out AUC against the labelled fraction, one line per method (``--plot``, default
+``<out>/label_fraction.png``).
 Every run at fraction f takes as many optimiser steps as the supervised run with all labels: an
 epoch is one pass over the labelled nodules, so ``train.epochs`` and the early-stopping patience
 are scaled by 1 / f.
 
     python -m benchmarks.label_fraction --fractions 0.1 0.25 0.5 1 --folds 0 1 2 3 4 5 6 7 8 9
     python -m benchmarks.label_fraction --fractions 0.25 --algorithms fixmatch --folds 0   # one run
+
+``--set train.epochs=E --set train.early_stopping.patience=P`` fixes the epochs of every run instead
+(later overrides win), for CPU-sized grids.
 """
 
 from __future__ import annotations
@@ -19,8 +26,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import json
+
+import numpy as np
+
 from benchmarks.cv_common import ROOT, run_fold, write_summary
+from benchmarks.lidc_cv import diameter_scores
 from medsight.config import raw_config
+from medsight.data import open_dataset
 from medsight.metrics import summarize_repeats
 from medsight.report import format_table
 
@@ -38,6 +51,36 @@ def scaled(config: str, fraction: float) -> tuple[str, ...]:
     return tuple(out)
 
 
+def diameter_at(dataset, run_dir: Path) -> dict:
+    """The diameter peer of one run: fit on the run's labelled training nodules, scored on its held-out ones."""
+    split = json.loads((run_dir / "split.json").read_text())
+    position = {s.id: i for i, s in enumerate(dataset.samples)}
+    train, test = (np.array([position[i] for i in split[name]]) for name in ("train", "heldout"))
+    return diameter_scores(dataset, train, test)[0]
+
+
+def plot_auc(curves: dict[str, dict[float, dict]], path: Path, folds: list[int]) -> None:
+    """Held-out AUC (mean ± std over the folds) against the labelled fraction, one line per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        fractions = sorted(points)
+        ax.errorbar([100 * f for f in fractions], [100 * points[f]["AUC"]["mean"] for f in fractions],
+                    yerr=[100 * points[f]["AUC"]["std"] for f in fractions], marker="o", capsize=3, label=name,
+                    linestyle="--" if name.startswith("diameter") else "-")
+    ax.set(xlabel="labelled training patients (%)", ylabel="held-out AUC (%)", xscale="log",
+           title=f"LIDC benign vs malignant, folds {folds}")
+    ax.set_xticks([10, 25, 50, 100], labels=["10", "25", "50", "100"])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "lidc_vois")
@@ -48,10 +91,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in every run")
     parser.add_argument("--device", default="cpu", help="where the runs train (cpu, cuda)")
+    parser.add_argument("--plot", type=Path, help="the AUC plot's PNG (default: <out>/label_fraction.png)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
-    rows, gains, timings = {}, {}, {}
+    dataset = open_dataset(args.data, format="lidc-voi")
+    rows, gains, over_peer, timings, curves = {}, {}, {}, {}, {}
     for fraction in args.fractions:
         results = {}
         for algorithm in args.algorithms:
@@ -61,9 +106,17 @@ def main() -> None:
                                            overrides=scaled(config, fraction) + tuple(args.overrides))
                                   for k in args.folds]
             timings[name] = results[algorithm]
-            rows[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats([r["metrics"]
-                                                                               for r in results[algorithm]])
+            rows[f"{algorithm}, {fraction:.0%} labelled"] = summary = summarize_repeats(
+                [r["metrics"] for r in results[algorithm]])
+            curves.setdefault(algorithm, {})[fraction] = summary
         if "supervised" in results:
+            peers = [diameter_at(dataset, args.out / f"supervised_{round(fraction * 100)}" / f"fold{k}")
+                     for k in args.folds]
+            rows[f"diameter_mm + LR (peer), {fraction:.0%} labelled"] = peer = summarize_repeats(peers)
+            curves.setdefault("diameter_mm + LR (peer)", {})[fraction] = peer
+            for algorithm, runs in results.items():
+                over_peer[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
+                    [{"AUC - peer AUC": r["metrics"]["AUC"] - d["AUC"]} for r, d in zip(runs, peers)])
             for algorithm in [a for a in results if a != "supervised"]:
                 gains[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
                     [{"AUC - supervised AUC": r["metrics"]["AUC"] - s["metrics"]["AUC"]}
@@ -73,7 +126,13 @@ def main() -> None:
     if gains:
         sections.append(("Per-fold held-out AUC gain over supervised MV-KBC at the same fraction:",
                          format_table(gains, ["AUC - supervised AUC"], style="markdown")))
+    if over_peer:
+        sections.append(("Per-fold held-out AUC minus the diameter peer's (fit on the same labelled nodules):",
+                         format_table(over_peer, ["AUC - peer AUC"], style="markdown")))
     write_summary(args.out, sections, timings, device=args.device.upper())
+    plot = args.plot or args.out / "label_fraction.png"
+    plot_auc(curves, plot, args.folds)
+    print(f"plot: {plot}")
 
 
 if __name__ == "__main__":

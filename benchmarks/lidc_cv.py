@@ -49,18 +49,21 @@ ABLATIONS = {
 
 def diameter_peer(dataset, folds) -> tuple[list[dict], list[dict]]:
     """Per fold: (metrics at the Youden threshold of the training folds, metrics at 0.5)."""
+    every = np.arange(len(dataset.samples))
+    scores = [diameter_scores(dataset, np.setdiff1d(every, test), test) for test in folds]
+    return [chosen for chosen, _ in scores], [fixed for _, fixed in scores]
+
+
+def diameter_scores(dataset, train: np.ndarray, test: np.ndarray) -> tuple[dict, dict]:
+    """Logistic regression on log diameter fit on the ``train`` positions of ``dataset``, scored on
+    ``test``: (metrics at the Youden threshold of its training cases, with it, metrics at 0.5)."""
     task = dataset.task("malignancy")
     y = np.array([task.label_of(s.diagnosis) for s in dataset.samples])
     x = np.log(np.array([[float(s.meta["diameter_mm"])] for s in dataset.samples]))
-    chosen, fixed = [], []
-    for test in folds:
-        train = np.setdiff1d(np.arange(len(y)), test)
-        model = LogisticRegression(class_weight="balanced").fit(x[train], y[train])
-        threshold = youden_threshold(y[train], model.predict_proba(x[train])[:, 1])
-        score = model.predict_proba(x[test])[:, 1]
-        chosen.append({**binary_metrics(y[test], score, threshold), "threshold": threshold})
-        fixed.append(binary_metrics(y[test], score))
-    return chosen, fixed
+    model = LogisticRegression(class_weight="balanced").fit(x[train], y[train])
+    threshold = youden_threshold(y[train], model.predict_proba(x[train])[:, 1])
+    score = model.predict_proba(x[test])[:, 1]
+    return {**binary_metrics(y[test], score, threshold), "threshold": threshold}, binary_metrics(y[test], score)
 
 
 def main() -> None:

@@ -86,7 +86,8 @@ def plot_rocs(task, y: np.ndarray, proba: np.ndarray, path: Path) -> None:
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 (H, W, 3): the image with the predicted outline in yellow, the true one in green."""
     rgb = image.transpose(1, 2, 0) if image.ndim == 3 else image
-    rgb = np.repeat(rgb[..., None], 3, -1) if rgb.ndim == 2 or rgb.shape[-1] == 1 else rgb
+    rgb = rgb[..., 0] if rgb.ndim == 3 and rgb.shape[-1] == 1 else rgb  # grey (1, H, W)
+    rgb = np.repeat(rgb[..., None], 3, -1) if rgb.ndim == 2 else rgb
     rgb = np.ascontiguousarray(rgb[..., :3]).copy()
     for mask, colour in ((truth, (40, 220, 40)), (pred, (255, 230, 0))):
         if mask is None:

@@ -5,7 +5,8 @@ import pytest
 
 from medsight.data.base import Sample
 from medsight.errors import MedsightError
-from medsight.transforms.preprocess import make_preprocess
+from medsight.transforms.preprocess import make_preprocess, nodule_crop_centre
+from medsight.transforms.volume import mask_centre
 
 from builders import SPACING, sphere
 
@@ -26,6 +27,22 @@ def test_nodule_crop_keeps_physical_size():
     assert bright[7:9, 15:17, 15:17].all()  # centred on the mask's centroid
     big, _ = make_preprocess("nodule_crop", (16, 32, 32))(*nodule_sample(radius_mm=10.0)[1:], nodule_sample(10.0)[0])
     assert (big[0] > 127).mean() > 3 * bright.mean()  # a larger nodule looks larger: size stays visible
+
+
+def test_nodule_crop_of_a_case_without_mask_centres_on_the_annotated_centre():
+    with_mask, volume, mask = nodule_sample(centre=(9.5, 31.0, 28.0))
+    centre = tuple(mask_centre(mask))
+    annotated = Sample(id="a", image=volume, spacing=SPACING, meta={"center_zyx": centre})  # LUNA16 / Tianchi
+    crop = make_preprocess("nodule_crop", (16, 32, 32), size_mm=(32, 32, 32))
+    got, got_mask = crop(volume, None, annotated)
+    want, _ = crop(volume, None, with_mask)
+    assert got_mask is None and np.array_equal(got, want)
+    assert np.array_equal(nodule_crop_centre(volume, annotated), centre)
+    off = Sample(id="b", image=volume, spacing=SPACING, meta={"center_zyx": (centre[0], centre[1] + 8, centre[2])})
+    assert not np.array_equal(crop(volume, None, off)[0], want)  # 8 voxels further: another box
+    views = make_preprocess("nodule_views", (32, 32))
+    with pytest.raises(MedsightError, match="no nodule mask"):  # the views need the mask itself
+        views(volume, None, annotated)
 
 
 def test_nodule_views_channels_and_patch_types():

@@ -10,6 +10,13 @@ scratch on the cases that have masks, with soft Dice + binary cross-entropy (MON
 - the mask: ``predict.threshold`` on the probability, after resizing it to the input image's size
 - files: ``model.safetensors``, ``history.csv``, ``training_curves.png``, ``validation_overlays.png``;
   ``predict`` writes ``masks/<id>.png`` (uint8 0/255)
+- volumes (``data.preprocess: nodule_crop``, a 3D ``data.image_size``; the nodule segmenter of
+  ``configs/lidc_voi_nodule_unet.yaml``): the network is 3D, the box is centred on the nodule mask's
+  centroid, or on the reader's annotated centre for a case without a mask (LUNA16 / Tianchi), its
+  probabilities are interpolated back onto the CT's own grid (:func:`medsight.transforms.volume.uncrop`)
+  and thresholded there, so ``evaluate`` scores the masks on the CT's voxels and ``predict`` writes
+  ``masks/<id>.nii.gz`` (uint8 0/1, the CT's voxel grid and spacing; origin and orientation not kept);
+  ``validation_overlays.png`` shows the middle slice of each box
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, eval_batches, fit_network, flip_average, make_optimizer,
                                       network_outputs, restore_network)
 from medsight.rundir import RunDir, RunRecord
+from medsight.transforms.preprocess import nodule_crop_centre
+from medsight.transforms.volume import uncrop
 
 SEG_METRICS = ("JA", "DI", "AC", "SE", "SP")
 
@@ -120,8 +129,11 @@ class Segmentation:
         with torch.no_grad():
             prob = self.forward(batch["x"].to(self.device_)).float().cpu()
         pred = (prob[:, 0] >= cfg.predict.threshold).numpy()
-        save_overlays(data.val.images[:8].numpy(), pred, data.val.masks[:8].numpy(), data.val.ids[:8],
-                      run.path / "validation_overlays.png")
+        images, truths = data.val.images[:8].numpy(), data.val.masks[:8].numpy()
+        if self.volumetric:  # the middle slice of each box
+            middle = images.shape[2] // 2
+            images, pred, truths = images[:, :, middle], pred[:, middle], truths[:, middle]
+        save_overlays(images, pred, truths, data.val.ids[:8], run.path / "validation_overlays.png")
         stage = record.stage("network")
         self.record_ = finish_run(run, record, stage.validation, stage.best_epoch, time.perf_counter() - started,
                                   self.device_, self.console)
@@ -144,19 +156,46 @@ class Segmentation:
         return Predictions(loaded, network_outputs(loaded, self.record_.input, self.forward, self.device_),
                            rejected, dataset)
 
+    @property
+    def volumetric(self) -> bool:
+        return len(self.cfg.data.image_size) == 3
+
     def full_size_masks(self, preds: Predictions):
-        """Each case's mask at its input image's size: probabilities resized, then thresholded."""
-        for i, (h, w) in enumerate(preds.loaded.original_sizes):
-            prob = F.interpolate(preds.outputs[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)
-            yield preds.loaded.ids[i], (prob[0, 0] >= self.cfg.predict.threshold).numpy()
+        """Each case's mask at its input image's size: probabilities resized (volumes: put back
+        where the box was cut, :meth:`volume_probability`), then thresholded."""
+        by_id = {s.id: s for s in preds.dataset.samples} if self.volumetric else {}
+        for i, size in enumerate(preds.loaded.original_sizes):
+            case = preds.loaded.ids[i]
+            if self.volumetric:
+                prob = self.volume_probability(preds.outputs[i, 0].numpy(), by_id[case], size)
+            else:
+                prob = F.interpolate(preds.outputs[i:i + 1], size=size, mode="bilinear", align_corners=False)[0, 0]
+                prob = prob.numpy()
+            yield case, prob >= self.cfg.predict.threshold
+
+    def volume_probability(self, prob: np.ndarray, sample: Sample, shape: tuple[int, ...]) -> np.ndarray:
+        """The probabilities of a nodule box on the grid of the CT it was cut from (``shape`` voxels)."""
+        if self.cfg.data.preprocess != "nodule_crop":
+            raise InputError(sample.source, f"the {self.cfg.data.preprocess!r} preprocessor cannot map a 3D "
+                                            "network's output back onto the volume (nodule_crop can)")
+        centre = nodule_crop_centre(sample.load_image(), sample)
+        size_mm = self.cfg.data.preprocess_options.get("size_mm", (32.0, 32.0, 32.0))
+        return uncrop(prob, centre, size_mm, sample.spacing, shape)
+
+    def mask_file(self, case: str) -> str:
+        return f"masks/{case}.nii.gz" if self.volumetric else f"masks/{case}.png"
 
     def rows(self, preds: Predictions) -> list[dict]:
-        return [{"id": case, "mask": f"masks/{case}.png", "foreground_fraction": round(float(mask.mean()), 6)}
+        return [{"id": case, "mask": self.mask_file(case), "foreground_fraction": round(float(mask.mean()), 6)}
                 for case, mask in self.full_size_masks(preds)]
 
     def write_files(self, preds: Predictions, folder: Path, maps: str | None = None) -> None:
+        by_id = {s.id: s for s in preds.dataset.samples}
         for case, mask in self.full_size_masks(preds):
-            write_png(folder / "masks" / f"{case}.png", mask.astype(np.uint8) * 255)
+            if self.volumetric:
+                write_mask_volume(folder / self.mask_file(case), mask, by_id[case].spacing)
+            else:
+                write_png(folder / self.mask_file(case), mask.astype(np.uint8) * 255)
 
     def evaluate(self, dataset: Dataset, preds: Predictions) -> dict:
         by_id = {s.id: s for s in dataset.samples}
@@ -170,3 +209,12 @@ class Segmentation:
         summary = summarize_repeats(per_image)
         return {"n": len(per_image), "metrics": {k: summary[k]["mean"] for k in SEG_METRICS},
                 "std": {k: summary[k]["std"] for k in SEG_METRICS}}
+
+
+def write_mask_volume(path: Path, mask: np.ndarray, spacing) -> None:
+    """A (D, H, W) 0/1 mask as NIfTI (x, y, z order) with the voxel size ``spacing`` (z, y, x) mm."""
+    import nibabel as nib
+
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(mask.astype(np.uint8).transpose(2, 1, 0)), affine), str(path))

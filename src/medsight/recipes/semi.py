@@ -18,8 +18,14 @@ labelled cases exactly as every supervised recipe does (the same folds); then wi
 patients ``data.labelled_fraction`` of the patients of each class keep their labels (whole patients,
 chosen by ``data.split_seed``) and the others' nodules become unlabelled (label -1), joined by the
 reader's unlabelled cases of patients outside validation and held-out (LIDC rating-3 nodules with
-``data.options.rating3: unlabelled``) unless ``semi.reader_unlabelled`` is false. ``split.json``
-lists the ``unlabelled`` ids beside ``train``, ``val`` and ``heldout``. The normalisation is taken
+``data.options.rating3: unlabelled``) unless ``semi.reader_unlabelled`` is false, and by every
+nodule of another dataset, ``data.unlabelled`` (a root; ``data.unlabelled_format``, e.g. ``luna``
+for LUNA16 / Tianchi ``annotations.csv`` nodules, detected when null; ``data.unlabelled_options``
+for its reader), whose patients must be other patients. Its nodules without a mask take the masks
+of a nodule segmenter, ``data.unlabelled_masks``: a finished run of
+``configs/lidc_voi_nodule_unet.yaml`` (:mod:`medsight.recipes.unlabelled_nodules`). They are only
+ever unlabelled training data. ``split.json`` lists the ``unlabelled`` ids beside ``train``, ``val``
+and ``heldout``. The normalisation is taken
 over all training patients' nodules, labelled or not (the same for every algorithm).
 
 Defaults are USB's (microsoft/Semi-supervised-learning) for each algorithm where one is not given:
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -54,6 +60,7 @@ from medsight.recipes.semi_catgan import CatGANOptions, fit_catgan
 from medsight.recipes.semi_ladder import LadderOptions, fit_ladder
 from medsight.recipes.semi_ssac import SSACOptions, fit_ssac, ssac_network
 from medsight.recipes.semi_steps import FixMatchStep, MeanTeacherStep
+from medsight.recipes.unlabelled_nodules import UnlabelledSource
 from medsight.rundir import InputInfo, RunDir, RunRecord
 
 # the talk's algorithms (not USB's): unlabelled ratio 1 (medsight's), loss weights in their own sections
@@ -65,6 +72,24 @@ USB_UNSUP_WEIGHT = {"supervised": 0.0, "mean_teacher": 50.0, "fixmatch": 1.0, **
 
 class SemiData(DataConfig):
     labelled_fraction: float = Field(1.0, gt=0, le=1)  # of the training patients, stratified by class
+    unlabelled: str | None = None  # another dataset's root: all its nodules join the unlabelled training data
+    unlabelled_format: str | None = None  # its layout (luna for LUNA16 / Tianchi); detected when None
+    unlabelled_options: dict[str, Any] = Field(default_factory=dict)  # passed to its reader
+    unlabelled_masks: str | None = None  # a finished nodule segmenter run: masks for its nodules without one
+
+    @model_validator(mode="after")
+    def _unlabelled_source(self):
+        if self.unlabelled is None and (self.unlabelled_masks or self.unlabelled_format or self.unlabelled_options):
+            raise ValueError("data.unlabelled_masks, unlabelled_format and unlabelled_options describe "
+                             "data.unlabelled (another dataset's root), which is not set")
+        return self
+
+    def unlabelled_source(self, device: str = "cpu") -> UnlabelledSource | None:
+        """``data.unlabelled`` opened and checked (no voxel read), None when not set."""
+        if self.unlabelled is None:
+            return None
+        return UnlabelledSource(self.unlabelled, self.unlabelled_format, self.unlabelled_options,
+                                self.unlabelled_masks, device)
 
 
 def strong_augment() -> AugmentConfig:
@@ -128,12 +153,16 @@ def join_loaded(a: Loaded, b: Loaded) -> Loaded:
                   a.original_sizes + b.original_sizes)
 
 
-def with_unlabelled(data: TrainingData, cfg: SemiConfig, need_masks: bool, console) -> tuple[TrainingData, Loaded]:
+def with_unlabelled(data: TrainingData, cfg: SemiConfig, need_masks: bool, console,
+                    source: UnlabelledSource | None = None) -> tuple[TrainingData, Loaded]:
     """The training data with only the labelled patients' nodules in ``train``, and the unlabelled
-    nodules (labels -1): the hidden training patients', then the reader's own."""
+    nodules (labels -1): the hidden training patients', then the reader's own, then ``source``'s."""
     train = data.split["train"]
     keep, hide = hide_patients(train, data.train.labels.tolist(), cfg.data.labelled_fraction, cfg.data.split_seed)
     extra = reader_unlabelled(data.dataset, data.split) if cfg.semi.reader_unlabelled else []
+    if source is not None:
+        source.check_apart(data.dataset)
+        extra = extra + source.nodules(console)
     extra_loaded, _ = load_samples(extra, preprocessor(cfg, None), None, need_masks, console=console,
                                    description="loading unlabelled cases")
     hidden = subset(data.train, hide)
@@ -208,8 +237,9 @@ class SemiRecipe(MVKBCRecipe):
         self.device_ = select_device(device)
         resuming = run.resumable(cfg.to_dict(), cfg.completed)
         need_masks = cfg.mvkbc.size_input
+        source = cfg.data.unlabelled_source(device)  # its folder and segmenter checked before any data is read
         data = prepare_training(cfg, self.name, labelled_cases, label_stratum, need_masks, self.console)
-        data, unlabelled = with_unlabelled(data, cfg, need_masks, self.console)
+        data, unlabelled = with_unlabelled(data, cfg, need_masks, self.console, source)
         record = start_run(run, cfg, self.name, data, resuming, self.console)
         self.console.print(f"semi ({cfg.semi.algorithm}): {len(unlabelled.ids)} unlabelled training cases")
         started = time.perf_counter()

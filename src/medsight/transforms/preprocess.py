@@ -65,29 +65,40 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
-def _nodule(image, mask, sample):
-    """The CT volume (D, H, W), the nodule mask and its voxel centre."""
+def _nodule(image, mask, sample, annotated_centre: bool = False):
+    """The CT volume (D, H, W), the nodule mask and its voxel centre (the mask's centroid). With
+    ``annotated_centre``, a case without a mask is centred on the reader's ``meta["center_zyx"]``
+    (LUNA16 / Tianchi nodules) and its mask is None."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise MedsightError(f"{sample.source}: expected a CT volume (1, D, H, W), got shape {image.shape}")
     if sample.spacing is None:
         raise MedsightError(f"{sample.source}: the volume has no voxel spacing")
     nodule = mask if mask is not None else sample.load_mask()  # called alone, without the mask read
+    if nodule is None and annotated_centre and sample.meta.get("center_zyx") is not None:
+        return image[0], None, np.asarray(sample.meta["center_zyx"], dtype=np.float64)
     if nodule is None or not nodule.any():
-        raise MedsightError(f"{sample.source}: no nodule mask to centre the crop on")
+        raise MedsightError(f"{sample.source}: no nodule mask" + (" or annotated centre" if annotated_centre else "")
+                            + " to centre the crop on")
     return image[0], nodule, mask_centre(nodule)
+
+
+def nodule_crop_centre(image, sample) -> np.ndarray:
+    """The voxel (z, y, x) that :func:`nodule_crop` centres ``sample``'s box on."""
+    return _nodule(image, None, sample, annotated_centre=True)[2]
 
 
 def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=(32.0, 32.0, 32.0),
                 hu_window=(-1000.0, 400.0)) -> Preprocess:
-    """A box of ``size_mm`` (z, y, x) around the nodule mask's centroid, resampled to ``size`` (D, H, W)
-    voxels in one trilinear interpolation (air beyond the volume), HU clipped to ``hu_window`` and
-    scaled to [0, 1]. A fixed physical size keeps nodule size visible to the network."""
+    """A box of ``size_mm`` (z, y, x) around the nodule mask's centroid (a case without a mask: the
+    reader's annotated centre, ``meta["center_zyx"]``), resampled to ``size`` (D, H, W) voxels in one
+    trilinear interpolation (air beyond the volume), HU clipped to ``hu_window`` and scaled to [0, 1].
+    A fixed physical size keeps nodule size visible to the network."""
     if len(size) != 3:
         raise ConfigError(f"data.image_size: nodule_crop takes (depth, height, width), got {list(size)}")
     lo, hi = hu_window
 
     def apply(image, mask, sample):
-        volume, nodule, centre = _nodule(image, mask, sample)
+        volume, nodule, centre = _nodule(image, mask, sample, annotated_centre=True)
         box = crop_centered(volume, centre, size_mm, sample.spacing, out_shape=size)
         out_mask = None if mask is None else crop_centered_mask(mask, centre, size_mm, sample.spacing, out_shape=size)
         return _to_uint8(normalise_hu(box, lo, hi))[None], out_mask

@@ -42,7 +42,7 @@ AIR_HU = -1024.0
 
 __all__ = [
     "AIR_HU", "resample", "resample_mask", "window", "normalise_hu", "sample", "crop_centered",
-    "crop_centered_mask", "mask_centre", "bounding_box", "equivalent_diameter", "augment_volume",
+    "crop_centered_mask", "uncrop", "mask_centre", "bounding_box", "equivalent_diameter", "augment_volume",
 ]
 
 
@@ -228,6 +228,21 @@ def crop_centered(volume: np.ndarray, centre: Sequence[float], size_mm, spacing:
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
     dtype = volume.dtype if order == 0 and (pad_value is None or _fits(pad_value, volume.dtype)) else np.float32
     return sample(volume, coords, order=order, pad_value=pad_value, dtype=dtype)
+
+
+def uncrop(values: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequence[float],
+           shape: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`crop_centered` with ``out_shape``: ``values`` on the grid of a box of
+    ``size_mm`` around ``centre`` (voxel (z, y, x)) of a volume with ``spacing`` interpolated back
+    (trilinear, float32) onto that volume's own grid of ``shape`` voxels, 0 outside the box. A
+    network's probabilities on a nodule crop become probabilities on the CT this way."""
+    values = _check_volume(values, "values")
+    spacing, size_mm = _triple(spacing, "spacing"), _triple(size_mm, "size_mm")
+    n = np.array(values.shape)
+    step = size_mm / n / spacing  # the box's voxel in voxels of the volume
+    axes = [(np.arange(shape[a]) - centre[a]) / step[a] + (n[a] - 1) / 2.0 for a in range(3)]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))
+    return sample(values.astype(np.float32, copy=False), coords, order=1, pad_value=0.0)
 
 
 def crop_centered_mask(mask: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequence[float],
