@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 5 in one call on a lent GPU machine (results in benchmarks/RESULTS.md):
 #
-#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic] [mvkbc] [mbdcnn]
-#   (no argument: all but mvkbc and mbdcnn)
+#   bash benchmarks/gpu_checks.sh [tests] [arl] [arl-compiled] [glcm] [isic] [mvkbc] [mbdcnn] [semi]
+#   (no argument: all but mvkbc, mbdcnn and semi)
 #
 # tests: tests/test_gpu.py and tests/test_arl_fused.py; arl: ARL-CNN50's training overhead over
 # ResNet-50 (images/s and GPU kernel time, batch 64 and 256), eager and with the fused Triton
@@ -20,6 +20,12 @@
 # ph2_mbdcnn.py options, e.g. MBDCNN_ARGS="--set train.epochs=40" when the time is short. Needs
 # .gpu_data/ph2.tgz (40 MB: tar czf .gpu_data/ph2.tgz -C ../shared/datasets ph2); the report of the run
 # (each stage's best epoch and curves) comes back as mbdcnn_report.html.
+# semi: issue 20's label-fraction grid (benchmarks/label_fraction.py) on folds SEMI_FOLDS (default 0-9),
+# fractions SEMI_FRACTIONS (default 0.1 0.25 0.5 1), one process per algorithm of SEMI_ALGORITHMS (default
+# all seven) side by side on the GPU, then one call that writes the table, the gains and the plot from the
+# finished runs; SEMI_ARGS adds options (e.g. "--set train.epochs=60 --set train.early_stopping.patience=15",
+# the CPU grid's). Cut off after SEMI_SECONDS (default 500); finished runs are kept in semi_runs.tgz (no
+# weights). Needs .gpu_data/lidc_vois, as mvkbc.
 # Each check has a time limit of its own, so that one that hangs leaves time for the rest.
 #
 # Carried with the call: .whl (wheels for what the machine's Python 3.12 lacks), made here by
@@ -83,4 +89,20 @@ if [[ $checks == *" mbdcnn "* ]]; then
     tail -n 40 "$OUT/mbdcnn.log"
     python3 -m medsight report "$OUT/mbdcnn_runs/ph2_mbdcnn_paper/fold0" --out "$OUT/mbdcnn_report.html"
     tar czf "$OUT/mbdcnn_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" mbdcnn_runs && rm -rf "$OUT/mbdcnn_runs"
+fi
+if [[ $checks == *" semi "* ]]; then
+    algorithms=${SEMI_ALGORITHMS:-supervised mean_teacher fixmatch ssac aae catgan ladder}
+    for algorithm in $algorithms; do
+        OMP_NUM_THREADS=2 timeout "${SEMI_SECONDS:-500}" python3 -m benchmarks.label_fraction --data .gpu_data/lidc_vois \
+            --device cuda --algorithms $algorithm --fractions ${SEMI_FRACTIONS:-0.1 0.25 0.5 1} \
+            --folds ${SEMI_FOLDS:-0 1 2 3 4 5 6 7 8 9} ${SEMI_ARGS:-} --out "$OUT/semi_runs" >"$OUT/semi_$algorithm.log" 2>&1 &
+    done
+    wait
+    # every run is finished by now or cut off; a cut-off one would train again here, so this call is short-lived
+    timeout 120 python3 -m benchmarks.label_fraction --data .gpu_data/lidc_vois --device cuda --algorithms $algorithms \
+        --fractions ${SEMI_FRACTIONS:-0.1 0.25 0.5 1} --folds ${SEMI_FOLDS:-0 1 2 3 4 5 6 7 8 9} ${SEMI_ARGS:-} \
+        --out "$OUT/semi_runs" >"$OUT/semi.log" 2>&1
+    echo "label_fraction.py exit code $?"
+    tail -n 60 "$OUT/semi.log"
+    tar czf "$OUT/semi_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" semi_runs && rm -rf "$OUT/semi_runs"
 fi
