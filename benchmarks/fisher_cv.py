@@ -10,8 +10,9 @@ leave a dataset out.
 
     python -m benchmarks.fisher_cv --ph2 ../shared/datasets/ph2 --isic ../shared/datasets/isic2017 --out bench_runs/fisher_cv
 
-``--set KEY=VALUE`` (repeatable) goes to every run, e.g. ``--set features.fisher.weight_cases=crossfit``
-with its own ``--out`` (the FV and IFV runs then read the fgFV run's k CNNs: cnn_weights names its folder).
+``--set KEY=VALUE`` (repeatable) goes to every run, e.g. ``--set features.fisher.weight_cases=held_back``
+with its own ``--out``. Under ``crossfit`` (``ph2_fgfv.yaml``'s) the FV and IFV runs read the fgFV
+run's k CNNs (cnn_weights names its folder).
 
 On a 2-core CPU the ISIC-2017 CNN is trained at ``--isic-size`` pixels (default 64) for
 ``--isic-epochs`` epochs (default 15); pass ``--isic-size 128 --isic-epochs 30`` for the config's own setting.
@@ -25,6 +26,7 @@ from pathlib import Path
 from benchmarks.cv_common import ROOT, at_thresholds, run_fold, write_summary
 from medsight.metrics import summarize_repeats
 from medsight.report import format_table
+from medsight.rundir import RunDir
 
 ENCODINGS = ("fgfv", "ifv", "fv")
 
@@ -37,7 +39,8 @@ def compare(config: str, data: Path, out: Path, folds: list[int | None], n_folds
     for fold in folds:
         runs["fgfv"].append(run_fold(config, data, out, fold, n_folds, f"{stem}-fgfv", extra, split))
         fgfv_run = out / f"{stem}-fgfv" / (f"fold{fold}" if fold is not None else "official")
-        crossfit = "features.fisher.weight_cases=crossfit" in extra
+        fisher = RunDir(fgfv_run).read_config().get("features", {}).get("fisher", {})
+        crossfit = fisher.get("weight_cases") == "crossfit"  # the config's, or --set's
         cnn = fgfv_run if crossfit else fgfv_run / "model.safetensors"  # crossfit reads the run's k CNNs
         for encoding in ("ifv", "fv"):
             runs[encoding].append(run_fold(config, data, out, fold, n_folds, f"{stem}-{encoding}",

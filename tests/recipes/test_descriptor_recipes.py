@@ -140,7 +140,8 @@ def test_fgfv_recipe_writes_membership_maps(tmp_path, capsys, encoding):
 def test_fgfv_reads_cnn_weights_instead_of_training(tmp_path):
     base = ["--device", "cpu", "--set", "data.format=synthetic", "--set", "data.task=null",
             "--set", "data.options={n: 40, size: 40, seed: 1}", "--set", "data.image_size=[40,40]",
-            "--set", "model.options.width=8", "--set", "features.fisher.n_components=4"]
+            "--set", "model.options.width=8", "--set", "features.fisher.n_components=4",
+            "--set", "features.fisher.weight_cases=held_back"]  # one CNN, read back from its file
     first = tmp_path / "fgfv"
     assert main(["train", str(CONFIGS / "ph2_fgfv.yaml"), "--out", str(first), "--epochs", "1", *base]) == 0
     weights = first / "model.safetensors"
