@@ -22,8 +22,8 @@
 # (each stage's best epoch and curves) comes back as mbdcnn_report.html.
 # semi: issue 20's label-fraction grid (benchmarks/label_fraction.py) on folds SEMI_FOLDS (default 0-9),
 # fractions SEMI_FRACTIONS (default 0.1 0.25 0.5 1), one process per algorithm of SEMI_ALGORITHMS (default
-# all seven) side by side on the GPU, then one call that writes the table, the gains and the plot from the
-# finished runs; SEMI_ARGS adds options (e.g. "--set train.epochs=60 --set train.early_stopping.patience=15",
+# all seven) side by side on the GPU, then one call (--finished-only) that writes the table, the gains and
+# the plot (label_fraction.png) from the runs that finished; SEMI_ARGS adds options (e.g. "--set train.epochs=60 --set train.early_stopping.patience=15",
 # the CPU grid's). Cut off after SEMI_SECONDS (default 500); finished runs are kept in semi_runs.tgz (no
 # weights). Needs .gpu_data/lidc_vois, as mvkbc.
 # Each check has a time limit of its own, so that one that hangs leaves time for the rest.
@@ -98,10 +98,10 @@ if [[ $checks == *" semi "* ]]; then
             --folds ${SEMI_FOLDS:-0 1 2 3 4 5 6 7 8 9} ${SEMI_ARGS:-} --out "$OUT/semi_runs" >"$OUT/semi_$algorithm.log" 2>&1 &
     done
     wait
-    # every run is finished by now or cut off; a cut-off one would train again here, so this call is short-lived
     timeout 120 python3 -m benchmarks.label_fraction --data .gpu_data/lidc_vois --device cuda --algorithms $algorithms \
         --fractions ${SEMI_FRACTIONS:-0.1 0.25 0.5 1} --folds ${SEMI_FOLDS:-0 1 2 3 4 5 6 7 8 9} ${SEMI_ARGS:-} \
-        --out "$OUT/semi_runs" >"$OUT/semi.log" 2>&1
+        --finished-only --out "$OUT/semi_runs" >"$OUT/semi.log" 2>&1
+    cp "$OUT/semi_runs/label_fraction.png" "$OUT/" 2>/dev/null
     echo "label_fraction.py exit code $?"
     tail -n 60 "$OUT/semi.log"
     tar czf "$OUT/semi_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" semi_runs && rm -rf "$OUT/semi_runs"

@@ -17,7 +17,8 @@ are scaled by 1 / f.
     python -m benchmarks.label_fraction --fractions 0.25 --algorithms fixmatch --folds 0   # one run
 
 ``--set train.epochs=E --set train.early_stopping.patience=P`` fixes the epochs of every run instead
-(later overrides win), for CPU-sized grids.
+(later overrides win), for CPU-sized grids. ``--finished-only`` trains nothing and summarises the
+runs already scored, e.g. a grid run in parts or cut off by a time limit.
 """
 
 from __future__ import annotations
@@ -92,36 +93,45 @@ def main() -> None:
                         help="override a config key in every run")
     parser.add_argument("--device", default="cpu", help="where the runs train (cpu, cuda)")
     parser.add_argument("--plot", type=Path, help="the AUC plot's PNG (default: <out>/label_fraction.png)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: summarise the runs already scored (each row says on how many folds; "
+                             "the per-fold differences use the folds both runs have)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"{args.data}: the LIDC VOIs were not found; pass --data")
     dataset = open_dataset(args.data, format="lidc-voi")
     rows, gains, over_peer, timings, curves = {}, {}, {}, {}, {}
     for fraction in args.fractions:
-        results = {}
+        results = {}  # algorithm -> {fold: result}
         for algorithm in args.algorithms:
             config = f"configs/lidc_voi_semi_{algorithm}.yaml"
             name = f"{algorithm}_{round(fraction * 100)}"
-            results[algorithm] = [run_fold(config, args.data, args.out, k, FOLDS, name=name, device=args.device,
-                                           overrides=scaled(config, fraction) + tuple(args.overrides))
-                                  for k in args.folds]
-            timings[name] = results[algorithm]
-            rows[f"{algorithm}, {fraction:.0%} labelled"] = summary = summarize_repeats(
-                [r["metrics"] for r in results[algorithm]])
+            folds = [k for k in args.folds if not args.finished_only or (args.out / name / f"fold{k}" / "heldout.json").is_file()]
+            if not folds:
+                continue
+            results[algorithm] = {k: run_fold(config, args.data, args.out, k, FOLDS, name=name, device=args.device,
+                                              overrides=scaled(config, fraction) + tuple(args.overrides))
+                                  for k in folds}
+            timings[name] = list(results[algorithm].values())
+            label = f"{algorithm}, {fraction:.0%} labelled" + (f" ({len(folds)} folds)" if args.finished_only else "")
+            rows[label] = summary = summarize_repeats([r["metrics"] for r in results[algorithm].values()])
             curves.setdefault(algorithm, {})[fraction] = summary
-        if "supervised" in results:
-            peers = [diameter_at(dataset, args.out / f"supervised_{round(fraction * 100)}" / f"fold{k}")
-                     for k in args.folds]
-            rows[f"diameter_mm + LR (peer), {fraction:.0%} labelled"] = peer = summarize_repeats(peers)
-            curves.setdefault("diameter_mm + LR (peer)", {})[fraction] = peer
-            for algorithm, runs in results.items():
-                over_peer[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
-                    [{"AUC - peer AUC": r["metrics"]["AUC"] - d["AUC"]} for r, d in zip(runs, peers)])
-            for algorithm in [a for a in results if a != "supervised"]:
+        if "supervised" not in results:
+            continue
+        supervised = results["supervised"]
+        peers = {k: diameter_at(dataset, args.out / f"supervised_{round(fraction * 100)}" / f"fold{k}")
+                 for k in supervised}
+        rows[f"diameter_mm + LR (peer), {fraction:.0%} labelled"] = peer = summarize_repeats(list(peers.values()))
+        curves.setdefault("diameter_mm + LR (peer)", {})[fraction] = peer
+        for algorithm, runs in results.items():  # per fold, on the folds both have
+            over_peer[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
+                [{"AUC - peer AUC": r["metrics"]["AUC"] - peers[k]["AUC"]} for k, r in runs.items() if k in peers])
+            if algorithm != "supervised":
                 gains[f"{algorithm}, {fraction:.0%} labelled"] = summarize_repeats(
-                    [{"AUC - supervised AUC": r["metrics"]["AUC"] - s["metrics"]["AUC"]}
-                     for r, s in zip(results[algorithm], results["supervised"])])
-    sections = [(f"Benign vs malignant LIDC nodules, held-out folds {args.folds} of {FOLDS} (mean ± std), "
+                    [{"AUC - supervised AUC": r["metrics"]["AUC"] - supervised[k]["metrics"]["AUC"]}
+                     for k, r in runs.items() if k in supervised])
+    which = " (each row on those of them it has finished)" if args.finished_only else ""
+    sections = [(f"Benign vs malignant LIDC nodules, held-out folds {args.folds} of {FOLDS}{which} (mean ± std), "
                  "threshold chosen on validation:", format_table(rows, METRICS, style="markdown"))]
     if gains:
         sections.append(("Per-fold held-out AUC gain over supervised MV-KBC at the same fraction:",
