@@ -67,9 +67,10 @@ def plot_auc(curves: dict[str, dict[float, dict]], path: Path, folds: list[int])
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
+    for i, (name, points) in enumerate(curves.items()):
         fractions = sorted(points)
-        ax.errorbar([100 * f for f in fractions], [100 * points[f]["AUC"]["mean"] for f in fractions],
+        nudge = 1 + 0.025 * (i - (len(curves) - 1) / 2)  # side by side, so that the error bars stay apart
+        ax.errorbar([100 * f * nudge for f in fractions], [100 * points[f]["AUC"]["mean"] for f in fractions],
                     yerr=[100 * points[f]["AUC"]["std"] for f in fractions], marker="o", capsize=3, label=name,
                     linestyle="--" if name.startswith("diameter") else "-")
     ax.set(xlabel="labelled training patients (%)", ylabel="held-out AUC (%)", xscale="log",
