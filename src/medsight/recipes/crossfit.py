@@ -100,6 +100,26 @@ def check_earlier_run(run: Path, stage: str, folds: list[np.ndarray], ids: Seque
                                                "run's fold (another split, seed or number of folds)")
 
 
+def training_check(weights: str | None, crossfit: bool, k: int, seed: int, prefix: str, weights_key: str,
+                   also: Callable[[TrainingData], None]) -> Callable[[TrainingData], None]:
+    """Check a recipe's network-weights option now (crossfit: an earlier run directory, else a
+    file), and return the check that ``start_training`` runs on the split before the run directory
+    is written: ``also``, then (crossfit) the inner folds and the earlier run's match with them.
+    ``prefix`` is the options' section (``features.cnn``), ``weights_key`` the weights option's name."""
+    if weights and not (Path(weights).is_dir() if crossfit else Path(weights).is_file()):
+        raise InputError(weights, f"{prefix}.{weights_key}: " + ("no such run directory" if crossfit
+                                                                 else "file not found"))
+
+    def check(data: TrainingData) -> None:
+        also(data)
+        if crossfit:
+            folds = inner_folds(data, k, seed, f"{prefix}.crossfit_folds")
+            if weights:
+                check_earlier_run(Path(weights), "cnn", folds, data.train.ids)
+
+    return check
+
+
 def cross_fit(run: RunDir, record: RunRecord, train: Loaded, folds: list[np.ndarray], stage: str, fit: FitNetwork,
               describe: Describe, console: Console, what: str = "CNN", source: Path | None = None
               ) -> tuple[RunRecord, list, list]:

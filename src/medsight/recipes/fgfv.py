@@ -63,8 +63,8 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import (FitNetwork, check_earlier_run, cross_fit, fold_weights, inner_folds,
-                                       network_files)
+from medsight.recipes.crossfit import (FitNetwork, cross_fit, fold_weights, inner_folds, network_files,
+                                       training_check)
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -174,18 +174,9 @@ class Fisher:
 
         cfg, opts = self.cfg, self.cfg.fisher
         crossfit = opts.weight_cases == "crossfit"
-        if opts.cnn_weights and not (Path(opts.cnn_weights).is_dir() if crossfit else Path(opts.cnn_weights).is_file()):
-            raise InputError(opts.cnn_weights, "features.fisher.cnn_weights: " + ("no such run directory" if crossfit
-                                                                                   else "file not found"))
+        check = training_check(opts.cnn_weights, crossfit, opts.crossfit_folds, cfg.seed, "features.fisher",
+                               "cnn_weights", lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
         self.device_ = select_device(device)
-
-        def check(d: TrainingData) -> None:  # before the run directory is written
-            one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
-            if crossfit:
-                folds = inner_folds(d, opts.crossfit_folds, cfg.seed, "features.fisher.crossfit_folds")
-                if opts.cnn_weights:
-                    check_earlier_run(Path(opts.cnn_weights), "cnn", folds, d.train.ids)
-
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, False, self.console,
                                       check=check)
         self.record_ = record

@@ -49,13 +49,13 @@ from rich.console import Console
 from medsight.config import HeadConfig, NetworkConfig, Section
 from medsight.data.base import Dataset
 from medsight.engine import select_device
-from medsight.errors import ConfigError, InputError
+from medsight.errors import ConfigError
 from medsight.recipes.classification import (ClassifierStep, class_rows, decision_thresholds, evaluate_classes,
                                              one_vs_rest_classes)
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
-from medsight.recipes.crossfit import (FitNetwork, check_earlier_run, cross_fit, fold_weights, inner_folds,
-                                       network_files)
+from medsight.recipes.crossfit import (FitNetwork, cross_fit, fold_weights, inner_folds, network_files,
+                                       training_check)
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -149,18 +149,9 @@ class FuseTSD:
 
         cfg, cnn = self.cfg, self.cfg.cnn
         crossfit = cnn.head_cases == "crossfit"
-        if cnn.weights and not (Path(cnn.weights).is_dir() if crossfit else Path(cnn.weights).is_file()):
-            raise InputError(cnn.weights, "features.cnn.weights: " + ("no such run directory" if crossfit
-                                                                      else "file not found"))
+        check = training_check(cnn.weights, crossfit, cnn.crossfit_folds, cfg.seed, "features.cnn", "weights",
+                               lambda d: one_vs_rest_classes(cfg.predict.one_vs_rest, d.task))
         self.device_ = select_device(device)
-
-        def check(d: TrainingData) -> None:  # before the run directory is written
-            one_vs_rest_classes(cfg.predict.one_vs_rest, d.task)
-            if crossfit:
-                folds = inner_folds(d, cnn.crossfit_folds, cfg.seed, "features.cnn.crossfit_folds")
-                if cnn.weights:
-                    check_earlier_run(Path(cnn.weights), "cnn", folds, d.train.ids)
-
         data, record = start_training(run, cfg, self.name, labelled_cases, label_stratum, True, self.console,
                                       check=check)
         self.record_ = record

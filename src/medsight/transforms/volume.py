@@ -240,9 +240,18 @@ def uncrop(values: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequen
     spacing, size_mm = _triple(spacing, "spacing"), _triple(size_mm, "size_mm")
     n = np.array(values.shape)
     step = size_mm / n / spacing  # the box's voxel in voxels of the volume
-    axes = [(np.arange(shape[a]) - centre[a]) / step[a] + (n[a] - 1) / 2.0 for a in range(3)]
+    out = np.zeros(tuple(shape), dtype=np.float32)
+    axes, box = [], []
+    for a in range(3):  # only the volume's voxels near the box: the rest stay 0 (a whole CT is ~10^8 voxels)
+        at = (np.arange(shape[a]) - centre[a]) / step[a] + (n[a] - 1) / 2.0
+        inside = np.flatnonzero((at > -1) & (at < n[a]))
+        if inside.size == 0:
+            return out
+        box.append(slice(inside[0], inside[-1] + 1))
+        axes.append(at[box[-1]])
     coords = np.stack(np.meshgrid(*axes, indexing="ij"))
-    return sample(values.astype(np.float32, copy=False), coords, order=1, pad_value=0.0)
+    out[tuple(box)] = sample(values.astype(np.float32, copy=False), coords, order=1, pad_value=0.0)
+    return out
 
 
 def crop_centered_mask(mask: np.ndarray, centre: Sequence[float], size_mm, spacing: Sequence[float],
