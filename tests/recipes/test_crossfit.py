@@ -166,6 +166,13 @@ def test_crossfit_settings_are_checked(vois, tmp_path, capsys):
                       (fisher + ["--set", "features.fisher.crossfit_folds=1"], "crossfit_folds"),
                       (fisher + ["--set", "features.fisher.weight_cases=cross"], "weight_cases"),
                       (fisher + ["--set", f"features.fisher.cnn_weights={not_a_run}"], f"{not_a_run}: not a crossfit"),
+                      # an option of another protocol is refused, not ignored
+                      (fuse + ["--set", "features.cnn.held_back=0.3"], "held_back applies to head_cases: held_back"),
+                      (fuse + ["--set", "features.cnn.head_cases=seen", "--set", "features.cnn.crossfit_folds=3"],
+                       "crossfit_folds applies to head_cases: crossfit, not seen"),
+                      (fisher + ["--set", "features.fisher.weight_cases=held_back",
+                                 "--set", "features.fisher.crossfit_folds=3"],
+                       "crossfit_folds applies to weight_cases: crossfit, not held_back"),
                       # 12 patients, about 8 of them training: more inner folds than patients
                       (fuse + ["--set", "features.cnn.crossfit_folds=9", "--set", "data.val_fraction=0.3"],
                        "features.cnn.crossfit_folds: 9 inner folds")]:

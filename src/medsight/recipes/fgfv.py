@@ -50,7 +50,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -98,6 +98,12 @@ class FisherFeatures(Section):
     iterations: int | None = None
     rounds: int | None = None
     svm_refits: int | None = None
+
+    @model_validator(mode="after")
+    def _protocol_options(self):  # an option of another protocol would be ignored
+        if "crossfit_folds" in self.model_fields_set and self.weight_cases != "crossfit":
+            raise ValueError(f"features.fisher.crossfit_folds applies to weight_cases: crossfit, not {self.weight_cases}")
+        return self
 
     def encoder(self, seed: int):
         own = {"encoding", "n_components", "scales", "cnn_weights", "weight_cases", "crossfit_folds"}

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 
 from medsight.config import HeadConfig, NetworkConfig, Section
@@ -73,6 +73,15 @@ class CNNFeatures(Section):
     head_cases: Literal["held_back", "seen", "crossfit"] = "held_back"  # nodules the CNN head learns from (docstring)
     held_back: float = Field(0.25, gt=0, lt=1)  # share of the training patients held back from the CNN
     crossfit_folds: int = Field(4, ge=2)  # crossfit: inner folds, one inner CNN each
+
+    @model_validator(mode="after")
+    def _protocol_options(self):
+        # an option of another protocol would be ignored: say so rather than run what was not asked
+        if "held_back" in self.model_fields_set and self.head_cases != "held_back":
+            raise ValueError(f"features.cnn.held_back applies to head_cases: held_back, not {self.head_cases}")
+        if "crossfit_folds" in self.model_fields_set and self.head_cases != "crossfit":
+            raise ValueError(f"features.cnn.crossfit_folds applies to head_cases: crossfit, not {self.head_cases}")
+        return self
 
 
 class FuseTSDConfig(NetworkConfig):
