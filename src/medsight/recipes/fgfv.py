@@ -100,8 +100,8 @@ class FisherFeatures(Section):
     svm_refits: int | None = None
 
     @model_validator(mode="after")
-    def _protocol_options(self):  # an option of another protocol would be ignored
-        if "crossfit_folds" in self.model_fields_set and self.weight_cases != "crossfit":
+    def _protocol_options(self):  # an option of another protocol would be ignored (a default is no choice)
+        if self.crossfit_folds != type(self).model_fields["crossfit_folds"].default and self.weight_cases != "crossfit":
             raise ValueError(f"features.fisher.crossfit_folds applies to weight_cases: crossfit, not {self.weight_cases}")
         return self
 

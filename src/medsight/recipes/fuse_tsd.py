@@ -77,9 +77,10 @@ class CNNFeatures(Section):
     @model_validator(mode="after")
     def _protocol_options(self):
         # an option of another protocol would be ignored: say so rather than run what was not asked
-        if "held_back" in self.model_fields_set and self.head_cases != "held_back":
+        # (a run's saved config holds every default, so a default value is not a choice)
+        if self.held_back != type(self).model_fields["held_back"].default and self.head_cases != "held_back":
             raise ValueError(f"features.cnn.held_back applies to head_cases: held_back, not {self.head_cases}")
-        if "crossfit_folds" in self.model_fields_set and self.head_cases != "crossfit":
+        if self.crossfit_folds != type(self).model_fields["crossfit_folds"].default and self.head_cases != "crossfit":
             raise ValueError(f"features.cnn.crossfit_folds applies to head_cases: crossfit, not {self.head_cases}")
         return self
 

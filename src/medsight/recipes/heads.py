@@ -31,6 +31,7 @@ from medsight.metrics import binary_metrics
 from medsight.recipes.classification import one_vs_rest_classes, task_metrics
 from medsight.recipes.prepare import Loaded
 from medsight.rundir import RunDir, RunRecord, StageRecord
+from medsight.transforms.preprocess import nodule_crop_mm
 
 HEADS_FILE = "heads.safetensors"
 Descriptor = Callable[[Loaded], tuple[np.ndarray, list[str]]]  # cases -> (matrix, feature names)
@@ -69,8 +70,7 @@ def pixel_spacing(data: DataConfig) -> tuple[float, ...] | None:
     """mm per pixel / voxel of the preprocessed arrays, where the preprocessor fixes it."""
     size_mm = data.preprocess_options.get("size_mm")
     if data.preprocess == "nodule_crop":
-        size_mm = size_mm or (32.0, 32.0, 32.0)
-        return tuple(float(m) / n for m, n in zip(size_mm, data.image_size))
+        return tuple(float(m) / n for m, n in zip(nodule_crop_mm(data.preprocess_options), data.image_size))
     if data.preprocess == "nodule_views" and size_mm:
         return (float(size_mm) / data.image_size[0],) * 2
     return None

@@ -42,7 +42,7 @@ from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, eval_batches, fit_network, flip_average, make_optimizer,
                                       network_outputs, restore_network)
 from medsight.rundir import RunDir, RunRecord
-from medsight.transforms.preprocess import nodule_crop_centre
+from medsight.transforms.preprocess import nodule_crop_centre, nodule_crop_mm
 from medsight.transforms.volume import uncrop
 
 SEG_METRICS = ("JA", "DI", "AC", "SE", "SP")
@@ -179,7 +179,7 @@ class Segmentation:
             raise InputError(sample.source, f"the {self.cfg.data.preprocess!r} preprocessor cannot map a 3D "
                                             "network's output back onto the volume (nodule_crop can)")
         centre = nodule_crop_centre(sample.load_image(), sample)
-        size_mm = self.cfg.data.preprocess_options.get("size_mm", (32.0, 32.0, 32.0))
+        size_mm = nodule_crop_mm(self.cfg.data.preprocess_options)
         return uncrop(prob, centre, size_mm, sample.spacing, shape)
 
     def mask_file(self, case: str) -> str:

@@ -28,7 +28,7 @@ from medsight.progress import track
 from medsight.recipes.common import preprocessor
 from medsight.recipes.prepare import normalise
 from medsight.rundir import CONFIG_FILE, RunDir
-from medsight.transforms.preprocess import nodule_crop_centre
+from medsight.transforms.preprocess import nodule_crop_centre, nodule_crop_mm
 from medsight.transforms.volume import crop_centered, uncrop
 
 KEY = "data.unlabelled_masks"
@@ -69,7 +69,7 @@ def segmented_voi(recipe, sample: Sample, image: np.ndarray) -> Sample | None:
     """``sample`` (a nodule in the CT ``image`` (1, D, H, W), centred on its annotated centre) as a
     VOI with the segmenter's mask on the CT's voxels; None when the mask is empty."""
     cfg = recipe.cfg
-    size_mm = cfg.data.preprocess_options.get("size_mm", (32.0, 32.0, 32.0))
+    size_mm = nodule_crop_mm(cfg.data.preprocess_options)
     box_input, _ = preprocessor(cfg, channels=1)(image, None, sample)
     x = normalise(torch.from_numpy(box_input)[None], recipe.record_.input.mean, recipe.record_.input.std)
     recipe.model_.eval()

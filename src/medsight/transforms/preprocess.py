@@ -82,12 +82,20 @@ def _nodule(image, mask, sample, annotated_centre: bool = False):
     return image[0], nodule, mask_centre(nodule)
 
 
+NODULE_CROP_MM = (32.0, 32.0, 32.0)  # nodule_crop's box (z, y, x) without data.preprocess_options.size_mm
+
+
+def nodule_crop_mm(preprocess_options: dict):
+    """The box (z, y, x, in mm) that :func:`nodule_crop` cuts with these ``data.preprocess_options``."""
+    return preprocess_options.get("size_mm", NODULE_CROP_MM)
+
+
 def nodule_crop_centre(image, sample) -> np.ndarray:
     """The voxel (z, y, x) that :func:`nodule_crop` centres ``sample``'s box on."""
     return _nodule(image, None, sample, annotated_centre=True)[2]
 
 
-def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=(32.0, 32.0, 32.0),
+def nodule_crop(size: tuple[int, ...], channels: int | None, size_mm=NODULE_CROP_MM,
                 hu_window=(-1000.0, 400.0)) -> Preprocess:
     """A box of ``size_mm`` (z, y, x) around the nodule mask's centroid (a case without a mask: the
     reader's annotated centre, ``meta["center_zyx"]``), resampled to ``size`` (D, H, W) voxels in one
