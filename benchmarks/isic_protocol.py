@@ -11,7 +11,8 @@ each seed trains
     the epoch chosen on the training split; SWA of the last ``train.swa_epochs`` epochs, no
     early stopping);
 (d) ``ensemble``: the ``--folds`` runs of (b) with ``data.val_fold`` 0 .. k-1 (fold 0 is (b)'s run),
-    scored together by ``medsight evaluate RUN0 ... RUNk-1`` (the mean of their probabilities);
+    scored together by ``medsight evaluate RUN0 ... RUNk-1`` (the mean of their probabilities),
+    and each alone (the row of its members' mean says what ensembling adds);
 
 and scores each ONCE on the official validation set (``medsight evaluate ... --split val``,
 9-crop test-time averaging). Beside it the table gives the same metrics, computed the same way,
@@ -48,6 +49,7 @@ LABELS = {
     "swa": "(c) fold of the training set, SWA of the last epochs",
     "ensemble": "(d) ensemble of the k fold runs of (b)",
 }
+MEMBERS = "(d)'s members alone, their mean"  # what the ensemble adds over one of its runs
 
 
 def overrides(variant: str, fold: int, folds: int) -> list[str]:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                                         args.device), jobs))
     rows, per_run, timings = {}, {}, {}
     for variant in args.variants:
-        results = []
+        results, members = [], []
         for seed in args.seeds:
             dirs = [prefix[seed] / folder for folder, _ in runs_of(variant, args.folds)]
             name = "ensemble.json" if variant == "ensemble" else f"{dirs[0].name}-official-val.json"
@@ -150,10 +152,17 @@ def main(argv: list[str] | None = None) -> None:
             selected = {c: sum(m[c] for m in chosen) / len(chosen) for c in COLUMNS}
             results.append(row(selected, official))
             per_run[f"{variant} seed {seed}"] = results[-1]
+            if variant == "ensemble":
+                alone = [score([d], args.data, prefix[seed] / f"{d.name}-official-val.json", args.device)
+                         for d in dirs]
+                members.append(row(selected, {c: sum(m[c] for m in alone) / len(alone) for c in COLUMNS}))
+                per_run[f"ensemble members seed {seed}"] = members[-1]
             timings.setdefault(LABELS[variant], []).extend(
                 {"train_seconds": r.train_seconds, "epochs_run": sum(s.epochs_run for s in r.stages.values())}
                 for r in (RunDir(d).read_record() for d in dirs))
         rows[LABELS[variant]] = results
+        if variant == "ensemble":
+            rows[MEMBERS] = members
     from medsight.metrics import summarize_repeats
     from medsight.report import format_table
 

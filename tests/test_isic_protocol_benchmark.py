@@ -54,16 +54,21 @@ def test_every_variant_is_trained_once_and_scored_once_on_the_official_validatio
     assert ens_row["official val mean AUC"] == ensemble["metrics"]["mean AUC"]
     members = [json.loads((runs / d / "selection.json").read_text()) for d in ("fold0", "fold1")]
     assert ens_row["selection mean AUC"] == pytest.approx((members[0]["mean AUC"] + members[1]["mean AUC"]) / 2)
+    alone = [json.loads((runs / f"{d}-official-val.json").read_text()) for d in ("fold0", "fold1")]
+    assert [a["run"] for a in alone] == [str(runs / "fold0"), str(runs / "fold1")]
+    (members_row,) = summary["rows"][isic_protocol.MEMBERS]
+    assert members_row["official val mean AUC"] == pytest.approx(
+        (alone[0]["metrics"]["mean AUC"] + alone[1]["metrics"]["mean AUC"]) / 2)
     # (a) chose on the official set, so its selection set is the official set: no gap shows
     (official_row,) = summary["rows"][LABELS["official"]]
     assert official_row["gap (selection - official), mean AUC"] == pytest.approx(0, abs=1e-12)
     swa = json.loads((runs / "swa" / "run.json").read_text())["stages"]["network"]
     assert swa["validation"]["averaged_epochs"] == 1
     assert "(d) ensemble" in capsys.readouterr().out
-    assert sorted(commands) == ["evaluate"] * 5 + ["train"] * 5  # 5 runs; 4 scored alone, 2 as the ensemble
+    assert sorted(commands) == ["evaluate"] * 6 + ["train"] * 5  # 5 runs, each scored alone; 2 as the ensemble
 
     stamps = {d: (runs / d / "run.json").stat().st_mtime_ns for d in ("official", "fold0", "fold1", "ema", "swa")}
     main(args)  # resumable: nothing is trained or scored again
-    assert len(commands) == 10
+    assert len(commands) == 11
     assert stamps == {d: (runs / d / "run.json").stat().st_mtime_ns for d in stamps}
     assert json.loads((out / "summary.json").read_text()) == summary
