@@ -3,8 +3,9 @@
 For one config (default ``configs/isic2017_resnet14.yaml`` at 64 px, as ``benchmarks.isic_arl``),
 each seed trains
 
-(a) ``official``: the config as it is: epoch and decision threshold chosen on the official
-    validation set, the optimistic reference;
+(a) ``official``: ``data.val_source: official`` (the talk's protocol, and the configs' before
+    issue 18): epoch and decision threshold chosen on the official validation set, the optimistic
+    reference;
 (b) ``split``: ``data.val_source: train``: validation is one fold (1 / ``--folds``) of the training
     set, stratified; the official validation set takes no part in training or choosing;
 (c) ``ema`` / ``swa``: (b) keeping an average of the weights (``train.weight_average``: EMA with
@@ -43,7 +44,7 @@ from medsight.rundir import RECORD_FILE, RunDir
 VARIANTS = ("official", "split", "ema", "swa", "ensemble")
 COLUMNS = ["melanoma AUC", "seborrheic_keratosis AUC", "mean AUC"]
 LABELS = {
-    "official": "(a) epoch on the official val (as the configs are)",
+    "official": "(a) epoch on the official val (the talk's protocol)",
     "split": "(b) epoch on a fold of the training set",
     "ema": "(c) (b) + EMA of the weights",
     "swa": "(c) fold of the training set, SWA of the last epochs",
@@ -55,7 +56,7 @@ MEMBERS = "(d)'s members alone, their mean"  # what the ensemble adds over one o
 def overrides(variant: str, fold: int, folds: int) -> list[str]:
     """The ``--set`` overrides of one run of ``variant`` (``fold``: its validation fold)."""
     if variant == "official":
-        return []
+        return ["data.val_source=official"]
     split = ["data.val_source=train", f"data.val_fraction={1 / folds}", f"data.val_fold={fold}"]
     return split + {"ema": ["train.weight_average=ema"],
                     "swa": ["train.weight_average=swa", "train.early_stopping=null"]}.get(variant, [])
