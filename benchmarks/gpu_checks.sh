@@ -101,8 +101,8 @@ if [[ $checks == *" semi "* ]]; then
     timeout 120 python3 -m benchmarks.label_fraction --data .gpu_data/lidc_vois --device cuda --algorithms $algorithms \
         --fractions ${SEMI_FRACTIONS:-0.1 0.25 0.5 1} --folds ${SEMI_FOLDS:-0 1 2 3 4 5 6 7 8 9} ${SEMI_ARGS:-} \
         --finished-only --out "$OUT/semi_runs" >"$OUT/semi.log" 2>&1
-    cp "$OUT/semi_runs/label_fraction.png" "$OUT/" 2>/dev/null
     echo "label_fraction.py exit code $?"
+    cp "$OUT/semi_runs/label_fraction.png" "$OUT/" 2>/dev/null || true
     tail -n 60 "$OUT/semi.log"
     tar czf "$OUT/semi_runs.tgz" --exclude='*.safetensors' --exclude='*.pt' -C "$OUT" semi_runs && rm -rf "$OUT/semi_runs"
 fi

@@ -107,7 +107,8 @@ def main() -> None:
         for algorithm in args.algorithms:
             config = f"configs/lidc_voi_semi_{algorithm}.yaml"
             name = f"{algorithm}_{round(fraction * 100)}"
-            folds = [k for k in args.folds if not args.finished_only or (args.out / name / f"fold{k}" / "heldout.json").is_file()]
+            folds = [k for k in args.folds
+                     if not args.finished_only or (args.out / name / f"fold{k}" / "heldout.json").is_file()]
             if not folds:
                 continue
             results[algorithm] = {k: run_fold(config, args.data, args.out, k, FOLDS, name=name, device=args.device,

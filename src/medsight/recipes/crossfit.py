@@ -100,6 +100,16 @@ def check_earlier_run(run: Path, stage: str, folds: list[np.ndarray], ids: Seque
                                                "run's fold (another split, seed or number of folds)")
 
 
+def refuse_other_protocol(section, prefix: str, protocol: str, options: dict[str, str]) -> None:
+    """A section validator's check: each of ``options`` (option -> the ``protocol`` value it belongs
+    to) set away from its default while ``protocol`` names another would be ignored, so refuse it.
+    A run's saved config holds every default, so a default value is not a choice."""
+    chosen = getattr(section, protocol)
+    for option, belongs in options.items():
+        if getattr(section, option) != type(section).model_fields[option].default and chosen != belongs:
+            raise ValueError(f"{prefix}.{option} applies to {protocol}: {belongs}, not {chosen}")
+
+
 def training_check(weights: str | None, crossfit: bool, k: int, seed: int, prefix: str, weights_key: str,
                    also: Callable[[TrainingData], None]) -> Callable[[TrainingData], None]:
     """Check a recipe's network-weights option now (crossfit: an earlier run directory, else a

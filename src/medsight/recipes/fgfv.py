@@ -64,7 +64,7 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
 from medsight.recipes.crossfit import (FitNetwork, cross_fit, fold_weights, inner_folds, network_files,
-                                       training_check)
+                                       refuse_other_protocol, training_check)
 from medsight.recipes.heads import check_head, descriptor_stage, read_stage, typed_features
 from medsight.recipes.interface import Predictions
 from medsight.recipes.network import (build_network, class_weights, eval_batches, fit_network, make_optimizer,
@@ -100,9 +100,8 @@ class FisherFeatures(Section):
     svm_refits: int | None = None
 
     @model_validator(mode="after")
-    def _protocol_options(self):  # an option of another protocol would be ignored (a default is no choice)
-        if self.crossfit_folds != type(self).model_fields["crossfit_folds"].default and self.weight_cases != "crossfit":
-            raise ValueError(f"features.fisher.crossfit_folds applies to weight_cases: crossfit, not {self.weight_cases}")
+    def _protocol_options(self):
+        refuse_other_protocol(self, "features.fisher", "weight_cases", {"crossfit_folds": "crossfit"})
         return self
 
     def encoder(self, seed: int):

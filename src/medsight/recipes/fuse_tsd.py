@@ -55,7 +55,7 @@ from medsight.recipes.classification import (ClassifierStep, class_rows, decisio
 from medsight.recipes.common import (TrainingData, finish_run, held_back, label_stratum, labelled_cases,
                                      load_cases, start_training)
 from medsight.recipes.crossfit import (FitNetwork, cross_fit, fold_weights, inner_folds, network_files,
-                                       training_check)
+                                       refuse_other_protocol, training_check)
 from medsight.recipes.heads import (check_head, computed_descriptor, describe, descriptor_stage, pixel_spacing,
                                     read_stage, typed_features)
 from medsight.recipes.interface import Predictions
@@ -76,12 +76,8 @@ class CNNFeatures(Section):
 
     @model_validator(mode="after")
     def _protocol_options(self):
-        # an option of another protocol would be ignored: say so rather than run what was not asked
-        # (a run's saved config holds every default, so a default value is not a choice)
-        if self.held_back != type(self).model_fields["held_back"].default and self.head_cases != "held_back":
-            raise ValueError(f"features.cnn.held_back applies to head_cases: held_back, not {self.head_cases}")
-        if self.crossfit_folds != type(self).model_fields["crossfit_folds"].default and self.head_cases != "crossfit":
-            raise ValueError(f"features.cnn.crossfit_folds applies to head_cases: crossfit, not {self.head_cases}")
+        refuse_other_protocol(self, "features.cnn", "head_cases", {"held_back": "held_back",
+                                                                  "crossfit_folds": "crossfit"})
         return self
 
 
